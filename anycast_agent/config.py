@@ -1,0 +1,426 @@
+"""The agent's configuration: a YAML file plus ANYCAST_AGENT_* overrides, validated once and frozen."""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeAlias
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from anycast_agent.errors import ConfigError
+from anycast_agent.model import MED_DRAIN, MED_MAX, Family
+
+ENV_PREFIX = "ANYCAST_AGENT_"
+
+_DURATION = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """`1s`, `800ms`, `2m` or a plain number of seconds → seconds (float, never negative)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 1s or 800ms, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m["num"]) * _UNIT_S[m["unit"]]
+    else:
+        raise ValueError(f"expected a duration like 1s or 800ms, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"duration must be a finite number ≥ 0, got {value!r}")
+    return seconds
+
+
+def _network(value: object) -> IPv4Network | IPv6Network:
+    if isinstance(value, IPv4Network | IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a prefix like 192.0.2.10/32, got {value!r}")
+    try:
+        return ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid prefix {value!r}: {exc}") from None
+
+
+def _address(value: object) -> IPv4Address | IPv6Address:
+    if isinstance(value, IPv4Address | IPv6Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IP address, got {value!r}")
+    try:
+        return ip_address(value)
+    except ValueError:
+        raise ValueError(f"invalid IP address {value!r}") from None
+
+
+def _community(value: object) -> str:
+    text = str(value)
+    m = re.fullmatch(r"(\d{1,5}):(\d{1,5})", text)
+    if not m or int(m[1]) > 65535 or int(m[2]) > 65535:
+        raise ValueError(f"invalid community {value!r}: expected ASN:VALUE, both 0-65535")
+    return f"{int(m[1])}:{int(m[2])}"
+
+
+Duration: TypeAlias = Annotated[float, BeforeValidator(parse_duration)]
+Network: TypeAlias = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
+Address: TypeAlias = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]
+Community: TypeAlias = Annotated[str, BeforeValidator(_community)]
+ASN: TypeAlias = Annotated[int, Field(ge=1, le=4294967294)]
+Med: TypeAlias = Annotated[int, Field(ge=0, le=MED_MAX)]
+Name: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OnDown(enum.StrEnum):
+    WITHDRAW = "withdraw"
+    DEPREFER = "deprefer"
+
+
+class AddressMode(enum.StrEnum):
+    OFF = "off"
+    CHECK = "check"
+    MANAGE = "manage"
+
+
+class Neighbor(Strict):
+    address: Address
+    local_address: Address
+    peer_as: ASN
+    families: tuple[Family, ...] = ()
+
+    @model_validator(mode="after")
+    def _families(self) -> Neighbor:
+        if self.address.version != self.local_address.version:
+            raise ValueError(
+                f"address {self.address} and local_address {self.local_address} "
+                "are of different IP versions"
+            )
+        if not self.families:
+            object.__setattr__(self, "families", (Family.of(self.address),))
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families repeated: {[str(f) for f in self.families]}")
+        return self
+
+
+class Bgp(Strict):
+    local_as: ASN
+    router_id: IPv4Address
+    hold_time: Duration = 9.0
+    neighbors: tuple[Neighbor, ...] = Field(min_length=1)
+
+    @field_validator("hold_time")
+    @classmethod
+    def _hold(cls, v: float) -> float:
+        if v != 0 and not 3 <= v <= 65535:
+            raise ValueError(f"hold_time must be 0 or between 3s and 65535s, got {v:g}s")
+        if v != int(v):
+            raise ValueError(f"hold_time must be whole seconds, got {v:g}s")
+        return v
+
+    @field_validator("neighbors")
+    @classmethod
+    def _unique(cls, v: tuple[Neighbor, ...]) -> tuple[Neighbor, ...]:
+        seen = [str(n.address) for n in v]
+        dupes = sorted({a for a in seen if seen.count(a) > 1})
+        if dupes:
+            raise ValueError(f"duplicate neighbor address {dupes[0]}")
+        return v
+
+
+class Control(Strict):
+    listen: str = "127.0.0.1:9179"
+    token_file: Path | None = None
+
+
+class Addresses(Strict):
+    mode: AddressMode = AddressMode.OFF
+    interface: str = "lo"
+
+
+class Timing(Strict):
+    """Probe timing and state-machine thresholds; per target, falling back to `defaults`."""
+
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    fall: Annotated[int, Field(ge=1, le=100)] | None = None
+    rise: Annotated[int, Field(ge=1, le=100)] | None = None
+
+
+class Defaults(Strict):
+    interval: Duration = 1.0
+    timeout: Duration = 0.8
+    fall: Annotated[int, Field(ge=1, le=100)] = 3
+    rise: Annotated[int, Field(ge=1, le=100)] = 2
+
+
+class HttpCheck(Strict):
+    url: str
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = (200,)
+    body_regex: str | None = None
+    host: str | None = None
+    verify_tls: bool = True
+    server_name: str | None = None  # TLS SNI when it differs from the URL's host
+    load_header: str | None = None
+    load_json_field: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {v!r}")
+        return v
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {v!r}: {exc}") from None
+        return v
+
+
+class TcpCheck(Strict):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class ExecCheck(Strict):
+    argv: tuple[str, ...] = Field(min_length=1)
+
+
+class DnsCheck(Strict):
+    server: Address
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    name: str
+    qtype: Literal["A", "AAAA", "TXT", "SOA", "NS", "CNAME"] = "A"
+
+
+class Target(Timing):
+    name: Name
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    exec: ExecCheck | None = None
+    dns: DnsCheck | None = None
+
+    @model_validator(mode="after")
+    def _one_check(self) -> Target:
+        kinds = [k for k in ("http", "tcp", "exec", "dns") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"target {self.name!r} needs exactly one of http, tcp, exec, dns; got {kinds or 'none'}"
+            )
+        return self
+
+    @property
+    def check(self) -> HttpCheck | TcpCheck | ExecCheck | DnsCheck:
+        return next(c for c in (self.http, self.tcp, self.exec, self.dns) if c is not None)
+
+
+class Service(Strict):
+    name: Name
+    prefixes: tuple[Network, ...] = Field(min_length=1)
+    med: Med = 100
+    med_down: Med = MED_DRAIN
+    communities: tuple[Community, ...] = ()
+    min_healthy: Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^\d{1,3}%$")] = 1
+    on_down: OnDown = OnDown.WITHDRAW
+    neighbors: tuple[Address, ...] = ()  # empty: every configured neighbor
+    targets: tuple[Target, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _checks(self) -> Service:
+        names = [t.name for t in self.targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"targets: duplicate target name {dupes[0]!r}")
+        texts = [str(p) for p in self.prefixes]
+        dupes = sorted({p for p in texts if texts.count(p) > 1})
+        if dupes:
+            raise ValueError(f"prefixes: duplicate prefix {dupes[0]}")
+        if isinstance(self.min_healthy, str) and not 1 <= int(self.min_healthy[:-1]) <= 100:
+            raise ValueError(f"min_healthy percent must be 1%-100%, got {self.min_healthy!r}")
+        if isinstance(self.min_healthy, int) and self.min_healthy > len(self.targets):
+            raise ValueError(
+                f"min_healthy {self.min_healthy} exceeds the {len(self.targets)} targets "
+                f"of service {self.name!r}: it could never be up"
+            )
+        return self
+
+    def quorum(self) -> int:
+        """How many targets must be healthy for the service to be UP."""
+        if isinstance(self.min_healthy, int):
+            return self.min_healthy
+        return max(1, math.ceil(int(self.min_healthy[:-1]) * len(self.targets) / 100))
+
+
+class AgentConfig(BaseSettings):
+    """The whole agent configuration. Build it with `load_config`, never by hand in the shell."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    pop: Name
+    state_dir: Path = Path("/var/lib/anycast-agent")
+    control: Control = Control()
+    bgp: Bgp
+    addresses: Addresses = Addresses()
+    defaults: Defaults = Defaults()
+    services: tuple[Service, ...] = ()
+    withdraw_on_exit: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment overrides the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross(self) -> AgentConfig:
+        names = [s.name for s in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"services: duplicate service name {dupes[0]!r}")
+        owner: dict[str, str] = {}
+        for svc in self.services:
+            for p in svc.prefixes:
+                if str(p) in owner:
+                    raise ValueError(
+                        f"services[{svc.name}].prefixes: {p} is already in service "
+                        f"{owner[str(p)]!r}"
+                    )
+                owner[str(p)] = svc.name
+        known = {n.address for n in self.bgp.neighbors}
+        for svc in self.services:
+            for addr in svc.neighbors:
+                if addr not in known:
+                    raise ValueError(f"services[{svc.name}].neighbors: unknown neighbor {addr}")
+            families = {f for n in self.neighbors_of(svc) for f in n.families}
+            for p in svc.prefixes:
+                if Family.of(p) not in families:
+                    raise ValueError(
+                        f"services[{svc.name}].prefixes: {p} is {Family.of(p)} but no neighbor "
+                        f"of the service carries the {Family.of(p)} family (ExaBGP would never "
+                        "send it)"
+                    )
+            for t in svc.targets:
+                interval, timeout = self.interval_s(t), self.timeout_s(t)
+                if interval <= 0:
+                    raise ValueError(f"services[{svc.name}].targets[{t.name}].interval: must be > 0")
+                if timeout <= 0 or timeout >= interval:
+                    raise ValueError(
+                        f"services[{svc.name}].targets[{t.name}].timeout: {timeout:g}s must be "
+                        f"> 0 and < the interval {interval:g}s"
+                    )
+        return self
+
+    def neighbors_of(self, service: Service) -> tuple[Neighbor, ...]:
+        if not service.neighbors:
+            return self.bgp.neighbors
+        wanted = set(service.neighbors)
+        return tuple(n for n in self.bgp.neighbors if n.address in wanted)
+
+    def interval_s(self, t: Target) -> float:
+        return t.interval if t.interval is not None else self.defaults.interval
+
+    def timeout_s(self, t: Target) -> float:
+        return t.timeout if t.timeout is not None else self.defaults.timeout
+
+    def fall(self, t: Target) -> int:
+        return t.fall if t.fall is not None else self.defaults.fall
+
+    def rise(self, t: Target) -> int:
+        return t.rise if t.rise is not None else self.defaults.rise
+
+
+def _loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """A key path like services[web].targets[edge1].timeout, naming list items by their name."""
+    out: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            name = node[part].get("name") if isinstance(node, list) and part < len(node) and isinstance(node[part], Mapping) else None
+            out[-1:] = [f"{out[-1] if out else ''}[{name if name else part}]"]
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            out.append(str(part))
+            node = node.get(part) if isinstance(node, Mapping) else None
+    return ".".join(out) or "(top level)"
+
+
+def format_errors(exc: ValidationError, data: Any) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = _loc(loc, data)
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # cross-field checks name their own key path
+            lines.append(msg)
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        bad = err.get("input")
+        shown = "" if isinstance(bad, Mapping | list) or bad is None else f" (got {bad!r})"
+        if shown and repr(bad) in msg:
+            shown = ""
+        lines.append(f"{path}: {msg}{shown}")
+    return lines
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Read, validate and freeze a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the config file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"the top level must be a mapping, got {type(data).__name__}"])
+    try:
+        return AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), format_errors(exc, data)) from None

@@ -1,0 +1,75 @@
+"""Service decisions: from target health to UP/DOWN, MED and the routes wanted per neighbor."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from anycast_agent.config import AgentConfig, OnDown, Service
+from anycast_agent.core.health import Health
+from anycast_agent.model import Family, RouteAttrs, RouteKey
+
+
+class ServiceStatus(enum.StrEnum):
+    UNKNOWN = "unknown"  # not enough targets decided yet: the agent has no opinion
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: ServiceStatus
+    healthy: int
+    decided: int
+    total: int
+    quorum: int
+    med: int
+    reason: str
+
+
+def decide(service: Service, healths: Sequence[Health]) -> Decision:
+    """UP once the quorum is certainly met, DOWN once it certainly cannot be, else UNKNOWN."""
+    total = len(healths)
+    healthy = sum(h.counts_healthy for h in healths)
+    decided = sum(h.decided for h in healths)
+    quorum = service.quorum()
+    undecided = total - decided
+    counts = f"{healthy}/{total} targets healthy, quorum {quorum}"
+    if healthy >= quorum:
+        return Decision(ServiceStatus.UP, healthy, decided, total, quorum, service.med, counts)
+    if healthy + undecided < quorum:
+        med = service.med_down if service.on_down is OnDown.DEPREFER else service.med
+        return Decision(ServiceStatus.DOWN, healthy, decided, total, quorum, med, counts)
+    return Decision(
+        ServiceStatus.UNKNOWN, healthy, decided, total, quorum, service.med,
+        f"{counts}, {undecided} undecided",
+    )
+
+
+def service_routes(
+    config: AgentConfig, service: Service, decision: Decision
+) -> dict[RouteKey, RouteAttrs | None]:
+    """The service's wanted routes per neighbor (None = withdrawn); empty while UNKNOWN."""
+    if decision.status is ServiceStatus.UNKNOWN:
+        return {}
+    announce = decision.status is ServiceStatus.UP or service.on_down is OnDown.DEPREFER
+    attrs = RouteAttrs(med=decision.med, communities=service.communities)
+    wanted: dict[RouteKey, RouteAttrs | None] = {}
+    for neighbor in config.neighbors_of(service):
+        for prefix in service.prefixes:
+            if Family.of(prefix) in neighbor.families:
+                wanted[RouteKey.of(neighbor.address, prefix)] = attrs if announce else None
+    return wanted
+
+
+def desired_routes(
+    config: AgentConfig, decisions: Mapping[str, Decision]
+) -> dict[RouteKey, RouteAttrs | None]:
+    """Every route the agent has an opinion on; services still UNKNOWN are absent (left as held)."""
+    wanted: dict[RouteKey, RouteAttrs | None] = {}
+    for service in config.services:
+        decision = decisions.get(service.name)
+        if decision is not None:
+            wanted.update(service_routes(config, service, decision))
+    return wanted

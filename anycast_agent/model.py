@@ -1,0 +1,64 @@
+"""Small immutable value types shared by every layer: probe results, target states, routes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TypeAlias
+
+Prefix: TypeAlias = IPv4Network | IPv6Network
+IPAddress: TypeAlias = IPv4Address | IPv6Address
+
+# The highest MED a route can carry; drain uses one less so an explicit override can still win.
+MED_MAX = 4294967295
+MED_DRAIN = 4294967294
+GRACEFUL_SHUTDOWN = "65535:0"
+
+
+class Family(enum.StrEnum):
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+    @staticmethod
+    def of(prefix: Prefix | IPAddress) -> Family:
+        return Family.IPV4 if prefix.version == 4 else Family.IPV6
+
+
+class TargetState(enum.StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    SUSPICIOUS = "suspicious"
+    UNHEALTHY = "unhealthy"
+    RECOVERING = "recovering"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One finished check. `reason` says why it failed ("" when ok)."""
+
+    ok: bool
+    latency_s: float
+    reason: str = ""
+    load: float | None = None  # 0.0-1.0 when the target reports it
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAttrs:
+    """What the agent announces for one prefix: every MED is explicit."""
+
+    med: int
+    as_path: tuple[int, ...] = ()
+    communities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RouteKey:
+    """A route as ExaBGP holds it: one prefix towards one neighbor."""
+
+    neighbor: str  # the neighbor address in canonical text form
+    prefix: str  # canonical CIDR text
+
+    @staticmethod
+    def of(neighbor: IPAddress, prefix: Prefix) -> RouteKey:
+        return RouteKey(str(neighbor), str(prefix))

@@ -1,0 +1,95 @@
+"""Probes: one configured check becomes one Probe; the factory owns what probes share."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from types import TracebackType
+from typing import Self, assert_never
+
+import aiohttp
+
+from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
+from anycast_agent.probes.base import Probe
+from anycast_agent.probes.dns import DnsProbe
+from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
+from anycast_agent.probes.http import HttpProbe
+from anycast_agent.probes.schedule import run_schedule
+from anycast_agent.probes.tcp import TcpProbe
+
+__all__ = ["Probe", "ProbeFactory", "run_schedule"]
+
+USER_AGENT = "anycast-agent"
+
+
+class ProbeFactory:
+    """Builds probes from checks; owns the HTTP session (one connector for every HTTP target)
+    and the TLS contexts, all closed on exit.
+
+    Every HTTP probe opens a fresh connection (no keep-alive), so a server that stops accepting
+    connections fails its next check instead of hiding behind a pooled one.
+    """
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._verifying: ssl.SSLContext | None = None
+        self._unverified: ssl.SSLContext | None = None
+        self._exec_env: dict[str, str] | None = None
+        self._exec_prefix: tuple[str, ...] = ()
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.TCPConnector(force_close=True, limit=0, enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(),  # each probe enforces its own deadline
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+            trust_env=False,  # never go through a proxy from the environment
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def build(self, check: HttpCheck | TcpCheck | ExecCheck | DnsCheck, timeout_s: float) -> Probe:
+        """One probe for one check; raises ValueError for a check no probe can run."""
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        match check:
+            case HttpCheck():
+                if self._session is None:
+                    raise RuntimeError("ProbeFactory.build() called outside `async with`")
+                return HttpProbe(check, timeout_s, self._session, self._tls(check))
+            case TcpCheck():
+                return TcpProbe(check, timeout_s)
+            case ExecCheck():
+                if self._exec_env is None:
+                    # Read once: nothing reads the environment or /proc after start.
+                    self._exec_env = probe_environment(os.environ)
+                    self._exec_prefix = ambient_caps_prefix()
+                return ExecProbe(check, timeout_s, self._exec_env, self._exec_prefix)
+            case DnsCheck():
+                return DnsProbe(check, timeout_s)
+            case _:
+                assert_never(check)
+
+    def _tls(self, check: HttpCheck) -> ssl.SSLContext | None:
+        if not check.url.startswith("https:"):
+            return None
+        if check.verify_tls:
+            if self._verifying is None:
+                self._verifying = ssl.create_default_context()
+            return self._verifying
+        if self._unverified is None:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self._unverified = ctx
+        return self._unverified

@@ -1,0 +1,44 @@
+"""The TCP probe: a target is healthy when a connection to host:port completes in time."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from anycast_agent.config import TcpCheck
+from anycast_agent.model import ProbeResult
+from anycast_agent.probes.base import host_port, timeout_reason
+
+
+class TcpProbe:
+    """Connect, then close at once; nothing is sent."""
+
+    __slots__ = ("_host", "_port", "_timeout_s", "_where")
+
+    def __init__(self, check: TcpCheck, timeout_s: float) -> None:
+        self._host = check.host
+        self._port = check.port
+        self._timeout_s = timeout_s
+        self._where = host_port(check.host, check.port)
+
+    async def check(self) -> ProbeResult:
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        reason = ""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                # A bare transport rather than open_connection: no stream objects to build.
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol, self._host, self._port
+                )
+            transport.close()
+        except TimeoutError:
+            reason = timeout_reason(self._timeout_s)
+        except ConnectionRefusedError:
+            reason = f"connect refused {self._where}"
+        except socket.gaierror as exc:
+            reason = f"cannot resolve {self._host!r}: {exc.strerror}"
+        except OSError as exc:
+            reason = f"connect to {self._where} failed: {exc.strerror or exc}"
+        return ProbeResult(ok=not reason, latency_s=time.monotonic() - start, reason=reason)

@@ -1,0 +1,124 @@
+"""Transcript tests for service decisions and the route diff: health in, commands out."""
+
+from __future__ import annotations
+
+from anycast_agent.config import OnDown
+from anycast_agent.core.commands import Announce, Withdraw
+from anycast_agent.core.health import Health
+from anycast_agent.core.policy import ServiceStatus, decide, desired_routes
+from anycast_agent.core.rib import Rib
+from anycast_agent.model import RouteAttrs, RouteKey, TargetState
+
+from tests.unit.builders import make_config
+
+S = TargetState
+H = {
+    "u": Health(S.UNKNOWN),
+    "h": Health(S.HEALTHY),
+    "s": Health(S.SUSPICIOUS),
+    "x": Health(S.UNHEALTHY),
+    "r": Health(S.RECOVERING),
+}
+
+
+def healths(code: str) -> list[Health]:
+    return [H[c] for c in code]
+
+
+def status(code: str, **svc: object) -> str:
+    cfg = make_config()
+    service = cfg.services[0].model_copy(update=svc)
+    return decide(service, healths(code)).status.value
+
+
+def test_quorum_transcript() -> None:
+    assert status("uu") == "unknown"
+    assert status("hu") == "up"
+    assert status("su") == "up"  # suspicious has not failed `fall` times yet
+    assert status("xu") == "unknown"  # edge2 may still come up
+    assert status("xx") == "down"
+    assert status("xr") == "down"  # recovering is not healthy yet
+    assert status("uu", min_healthy=2) == "unknown"
+    assert status("hx", min_healthy=2) == "down"
+    assert status("hh", min_healthy="100%") == "up"
+    assert status("hx", min_healthy="50%") == "up"
+
+
+def test_desired_routes_follow_families_and_on_down() -> None:
+    cfg = make_config()
+    svc = cfg.services[0]
+    up = desired_routes(cfg, {"web": decide(svc, healths("hh"))})
+    attrs = RouteAttrs(med=100, communities=("65001:100",))
+    assert up == {
+        RouteKey("198.51.100.1", "192.0.2.10/32"): attrs,
+        RouteKey("2001:db8:100::1", "2001:db8::10/128"): attrs,
+    }
+    down = desired_routes(cfg, {"web": decide(svc, healths("xx"))})
+    assert set(down.values()) == {None}
+    assert desired_routes(cfg, {"web": decide(svc, healths("uu"))}) == {}
+
+    deprefer = cfg.services[0].model_copy(update={"on_down": OnDown.DEPREFER, "med_down": 5000})
+    d = decide(deprefer, healths("xx"))
+    assert d.status is ServiceStatus.DOWN and d.med == 5000
+
+
+K1 = RouteKey("198.51.100.1", "192.0.2.10/32")
+K2 = RouteKey("198.51.100.1", "192.0.2.99/32")
+A = RouteAttrs(med=100)
+
+
+def test_rib_transcript() -> None:
+    rib = Rib()
+    configured = {"192.0.2.10/32"}
+    # First decision: announce.
+    [cmd] = rib.plan({K1: A}, configured, now=0)
+    assert cmd == Announce(K1, A, "service up")
+    rib.accepted(cmd)
+    # Same wanted state: nothing (ExaBGP would send nothing anyway, but we do not even ask).
+    assert rib.plan({K1: A}, configured, now=1) == []
+    # MED change: one announce.
+    [cmd] = rib.plan({K1: RouteAttrs(med=200)}, configured, now=2)
+    assert isinstance(cmd, Announce) and cmd.attrs.med == 200
+    rib.accepted(cmd)
+    # Down: one withdraw, never repeated.
+    [cmd] = rib.plan({K1: None}, configured, now=3, causes={"192.0.2.10/32": "why"})
+    assert cmd == Withdraw(K1, "why")
+    rib.accepted(cmd)
+    assert rib.plan({K1: None}, configured, now=4) == []
+
+
+def test_unknown_service_keeps_what_exabgp_holds() -> None:
+    rib = Rib(held={K1: A})
+    assert rib.plan({}, {"192.0.2.10/32"}, now=0) == []
+
+
+def test_held_route_for_unconfigured_prefix_is_withdrawn_once() -> None:
+    rib = Rib(held={K1: A, K2: A})
+    cmds = rib.plan({}, {"192.0.2.10/32"}, now=0)
+    assert cmds == [Withdraw(K2, "prefix no longer configured")]
+    rib.accepted(cmds[0])
+    assert rib.plan({}, {"192.0.2.10/32"}, now=0) == []
+
+
+def test_refused_announce_waits_then_retries() -> None:
+    rib = Rib()
+    [cmd] = rib.plan({K1: A}, {"192.0.2.10/32"}, now=0)
+    rib.refused(cmd, retry_at=30)
+    assert rib.plan({K1: A}, {"192.0.2.10/32"}, now=10) == []
+    assert rib.plan({K1: A}, {"192.0.2.10/32"}, now=30) == [Announce(K1, A, "service up")]
+
+
+def test_refused_withdraw_is_not_repeated() -> None:
+    rib = Rib(held={K1: A})
+    [cmd] = rib.plan({K1: None}, {"192.0.2.10/32"}, now=0)
+    rib.refused(cmd, retry_at=30)
+    assert rib.plan({K1: None}, {"192.0.2.10/32"}, now=60) == []
+
+
+def test_neighbor_up_resends_announces_but_keeps_routes_held() -> None:
+    rib = Rib(held={K1: A})
+    rib.resend_neighbor("198.51.100.1")
+    assert rib.plan({K1: A}, {"192.0.2.10/32"}, now=0) == [Announce(K1, A, "service up")]
+    # A service still unknown sends nothing; one that goes down is still withdrawn.
+    assert rib.plan({}, {"192.0.2.10/32"}, now=0) == []
+    assert rib.plan({K1: None}, {"192.0.2.10/32"}, now=0) == [Withdraw(K1, "service down")]
