@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -203,10 +204,10 @@ class Agent:
             if retry_in is None:
                 await self._dirty.wait()
             else:
-                try:
-                    await asyncio.wait_for(self._dirty.wait(), retry_in)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(retry_in):
+                        await self._dirty.wait()
             self._dirty.clear()
             await self._apply()
 

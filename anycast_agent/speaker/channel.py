@@ -85,7 +85,10 @@ class Channel:
         try:
             await self._write(line.encode("ascii") + b"\n")
             self.sent += 1
-            ack = await asyncio.wait_for(asyncio.shield(self._pending), timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that lands
+            # together with the ack (seen here: SIGTERM right after an ack never stopped).
+            async with asyncio.timeout(timeout_s):
+                ack = await self._pending
         except TimeoutError:
             self.acked[None] = self.acked.get(None, 0) + 1
             raise SpeakerError(line, f"no ack within {timeout_s:g}s") from None

@@ -159,7 +159,8 @@ _ADJ_ROUTE = re.compile(
     r"^neighbor (?P<neighbor>\S+) .*?\b(?:ipv4|ipv6) unicast (?P<prefix>\S+)(?P<attrs>.*)$"
 )
 _MED = re.compile(r"\bmed (\d+)")
-_AS_PATH = re.compile(r"\bas-path \[?\s*([\d\s]*?)\s*\]?(?=\s+[a-z-]+\b|\s*$)")
+# 4.2 writes `as-path [ 65001 65001 ]`, 5.0 writes `as-path ( 65001 65001 )`.
+_AS_PATH = re.compile(r"\bas-path (?:[\[(]\s*([\d\s]*?)\s*[\])]|(\d+))")
 _COMMUNITIES = re.compile(r"\bcommunity (?:\[\s*([^\]]*?)\s*\]|(\S+))")
 
 
@@ -180,14 +181,18 @@ def parse_adj_rib_out(lines: list[str]) -> dict[RouteKey, RouteAttrs]:
         comm = _COMMUNITIES.search(attrs)
         held[key] = RouteAttrs(
             med=int(med[1]) if med else 0,
-            as_path=tuple(int(a) for a in path[1].split()) if path else (),
+            as_path=tuple(int(a) for a in (path[1] or path[2]).split()) if path else (),
             communities=tuple((comm[1] or comm[2]).split()) if comm else (),
         )
     return held
 
 
 def parse_neighbor_summary(lines: list[str]) -> dict[str, str]:
-    """`show neighbor summary` → {peer address: state} (both versions list one peer a line)."""
+    """`show neighbor summary` → {peer address: state}.
+
+    Lines are `peer AS up/down state #sent #recvd`; 4.2 lists established peers only, 5.0
+    lists every peer (`down idle` when not up).
+    """
     states: dict[str, str] = {}
     for line in lines:
         fields = line.split()
@@ -197,6 +202,5 @@ def parse_neighbor_summary(lines: list[str]) -> dict[str, str]:
             peer = str(ip_address(fields[0]))
         except ValueError:
             continue
-        state = next((f for f in fields[1:] if f.isalpha()), "unknown")
-        states[peer] = state.lower()
+        states[peer] = fields[3].lower()
     return states

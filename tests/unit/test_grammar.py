@@ -159,4 +159,10 @@ def test_adj_rib_out(version: str) -> None:
 def test_neighbor_summary(version: str) -> None:
     states = parse_neighbor_summary(sample(version, "show-neighbor-summary.txt"))
     assert states["198.51.100.1"] == "established"
-    assert parse_neighbor_summary(sample(version, "show-neighbor-summary-down.txt")) == {}
+
+
+def test_neighbor_summary_down() -> None:
+    # 4.2 leaves a peer out while it is down; 5.0 lists it as `down idle`.
+    assert parse_neighbor_summary(sample("exabgp-4.2", "show-neighbor-summary-down.txt")) == {}
+    down = parse_neighbor_summary(sample("exabgp-5.0", "show-neighbor-summary-both-down.txt"))
+    assert down == {"198.51.100.1": "idle", "198.51.100.5": "idle"}

@@ -1,0 +1,58 @@
+# anycast-agent: `make demo` runs the local lab, `make test` runs everything CI runs.
+# Both work as root on a fresh Debian 12 machine: they install what they need first.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+EXABGP_50 ?= 5.0.15
+EXABGP_42 ?= 4.2.25
+VENV := .venv
+VENV42 := .venv-exabgp42
+PY := $(VENV)/bin/python
+APT_PACKAGES := bird2 iproute2 nftables procps
+
+export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
+export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
+
+.PHONY: all deps venv lint test unit integration demo clean
+
+all: test
+
+# System packages (BIRD 2 is the upstream router of the lab). Needs root, as the lab does.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' 'exabgp==$(EXABGP_50)'
+	touch $@
+
+$(VENV42)/.stamp:
+	$(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install -q 'exabgp==$(EXABGP_42)'
+	touch $@
+
+venv: $(VENV)/.stamp $(VENV42)/.stamp
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff format --check anycast_agent tests
+	$(VENV)/bin/ruff check anycast_agent tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: $(VENV)/.stamp
+	$(PY) -m pytest -q tests/unit
+
+test: deps venv lint
+	$(PY) -m pytest -q -ra tests
+
+demo: deps venv
+	$(PY) -m tests.lab.demo
+
+clean:
+	rm -rf $(VENV) $(VENV42) .mypy_cache .ruff_cache .pytest_cache *.egg-info
