@@ -1,4 +1,4 @@
-"""anycast-agent: health checks beside ExaBGP that announce, de-prefer and withdraw anycast routes."""
+"""anycast-agent: health checks beside ExaBGP that announce and withdraw anycast routes."""
 
 from importlib.metadata import PackageNotFoundError, version
 

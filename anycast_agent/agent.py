@@ -1,4 +1,4 @@
-"""The one imperative shell: owns every task, feeds probe results to the core, sends its commands."""
+"""The one imperative shell: owns every task, feeds probes to the core, sends its commands."""
 
 from __future__ import annotations
 
@@ -137,8 +137,12 @@ class Agent:
             item = await self.speaker.events.get()
             match item:
                 case StateEvent(neighbor=peer, state=state, reason=reason):
-                    log.info("neighbor %s %s%s", peer, state.value, f" ({reason})" if reason else "")
-                    self.neighbors[peer] = "established" if state is NeighborState.UP else state.value
+                    log.info(
+                        "neighbor %s %s%s", peer, state.value, f" ({reason})" if reason else ""
+                    )
+                    self.neighbors[peer] = (
+                        "established" if state is NeighborState.UP else state.value
+                    )
                     if state is NeighborState.UP:
                         self.rib.resend_neighbor(peer)
                         self._dirty.set()
@@ -222,7 +226,11 @@ class Agent:
             runtimes = self.targets[svc.name]
             decision = decide(svc, [rt.health for rt in runtimes])
             before = self.decisions.get(svc.name)
-            changed = before.status is not decision.status if before else decision.status is not ServiceStatus.UNKNOWN
+            changed = (
+                before.status is not decision.status
+                if before
+                else decision.status is not ServiceStatus.UNKNOWN
+            )
             if changed:
                 lost = [
                     f"{rt.target.name} {rt.health.state.value}"
@@ -236,7 +244,9 @@ class Agent:
                     before.status.value if before else "unknown",
                     decision.status.value,
                     decision.reason,
-                    f"; {', '.join(lost)}" if lost and decision.status is not ServiceStatus.UP else "",
+                    f"; {', '.join(lost)}"
+                    if lost and decision.status is not ServiceStatus.UP
+                    else "",
                 )
             decisions[svc.name] = decision
         self.decisions = decisions
@@ -265,7 +275,12 @@ class Agent:
         verb = "announce" if isinstance(command, Announce) else "withdraw"
         detail = f" med {command.attrs.med}" if isinstance(command, Announce) else ""
         log.info(
-            "%s %s%s to %s: %s", verb, command.key.prefix, detail, command.key.neighbor, command.cause
+            "%s %s%s to %s: %s",
+            verb,
+            command.key.prefix,
+            detail,
+            command.key.neighbor,
+            command.cause,
         )
         try:
             ack = await self.speaker.send(line)

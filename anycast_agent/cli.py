@@ -30,7 +30,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/anycast-agent")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anycast-agent",
-        description="Health checks beside ExaBGP that announce, de-prefer and withdraw anycast routes.",
+        description="Health checks beside ExaBGP that announce and withdraw anycast routes.",
     )
     p.add_argument("--version", action="version", version=f"anycast-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         help="where the last-good config lives when the config file itself cannot be read "
-        "(default: the config's state_dir, else $ANYCAST_AGENT_STATE_DIR, else /var/lib/anycast-agent)",
+        "(default: $ANYCAST_AGENT_STATE_DIR, else the file's state_dir, "
+        "else /var/lib/anycast-agent)",
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -131,7 +132,7 @@ def _state_dir_hint(path: Path, explicit: Path | None) -> Path:
 
 
 def _load_for_run(path: Path, state_dir: Path | None) -> tuple[AgentConfig, bytes | None, bool]:
-    """The config to run, its bytes, and whether it is the last-good fallback. Raises ConfigError."""
+    """The config to run, its bytes, and whether it is the last-good one; raises ConfigError."""
     try:
         return load_config(path), config_bytes(path), False
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""The agent's configuration: a YAML file plus ANYCAST_AGENT_* overrides, validated once and frozen."""
+"""The agent's configuration: YAML plus ANYCAST_AGENT_* overrides, validated once and frozen."""
 
 from __future__ import annotations
 
@@ -237,7 +237,8 @@ class Target(Timing):
         kinds = [k for k in ("http", "tcp", "exec", "dns") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
-                f"target {self.name!r} needs exactly one of http, tcp, exec, dns; got {kinds or 'none'}"
+                f"target {self.name!r} needs exactly one of http, tcp, exec, dns; "
+                f"got {kinds or 'none'}"
             )
         return self
 
@@ -346,7 +347,9 @@ class AgentConfig(BaseSettings):
             for t in svc.targets:
                 interval, timeout = self.interval_s(t), self.timeout_s(t)
                 if interval <= 0:
-                    raise ValueError(f"services[{svc.name}].targets[{t.name}].interval: must be > 0")
+                    raise ValueError(
+                        f"services[{svc.name}].targets[{t.name}].interval: must be > 0"
+                    )
                 if timeout <= 0 or timeout >= interval:
                     raise ValueError(
                         f"services[{svc.name}].targets[{t.name}].timeout: {timeout:g}s must be "
@@ -379,7 +382,11 @@ def _loc(loc: tuple[int | str, ...], data: Any) -> str:
     node = data
     for part in loc:
         if isinstance(part, int):
-            name = node[part].get("name") if isinstance(node, list) and part < len(node) and isinstance(node[part], Mapping) else None
+            name = (
+                node[part].get("name")
+                if isinstance(node, list) and part < len(node) and isinstance(node[part], Mapping)
+                else None
+            )
             out[-1:] = [f"{out[-1] if out else ''}[{name if name else part}]"]
             node = node[part] if isinstance(node, list) and part < len(node) else None
         else:
@@ -419,7 +426,9 @@ def load_config(path: Path | str) -> AgentConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError(str(path), [f"the top level must be a mapping, got {type(data).__name__}"])
+        raise ConfigError(
+            str(path), [f"the top level must be a mapping, got {type(data).__name__}"]
+        )
     try:
         return AgentConfig(**data)
     except ValidationError as exc:

@@ -32,18 +32,20 @@ def observe(h: Health, ok: bool, *, rise: int, fall: int) -> Health:
     successes = h.successes + 1 if ok else 0
     failures = 0 if ok else h.failures + 1
     match h.state, ok:
-        case (S.UNKNOWN | S.RECOVERING | S.UNHEALTHY), True:
-            state = S.HEALTHY if successes >= rise else (
-                S.UNKNOWN if h.state is S.UNKNOWN else S.RECOVERING
+        case ((S.UNKNOWN | S.RECOVERING | S.UNHEALTHY), True):
+            state = (
+                S.HEALTHY
+                if successes >= rise
+                else (S.UNKNOWN if h.state is S.UNKNOWN else S.RECOVERING)
             )
-        case (S.HEALTHY | S.SUSPICIOUS), True:
+        case ((S.HEALTHY | S.SUSPICIOUS), True):
             state = S.HEALTHY
-        case (S.UNKNOWN | S.HEALTHY | S.SUSPICIOUS), False:
+        case ((S.UNKNOWN | S.HEALTHY | S.SUSPICIOUS), False):
             if failures >= fall:
                 state = S.UNHEALTHY
             else:
                 state = S.UNKNOWN if h.state is S.UNKNOWN else S.SUSPICIOUS
-        case (S.RECOVERING | S.UNHEALTHY), False:
+        case ((S.RECOVERING | S.UNHEALTHY), False):
             state = S.UNHEALTHY
         case _:  # pragma: no cover - the match above is exhaustive
             raise AssertionError(h.state)

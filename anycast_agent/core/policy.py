@@ -42,7 +42,12 @@ def decide(service: Service, healths: Sequence[Health]) -> Decision:
         med = service.med_down if service.on_down is OnDown.DEPREFER else service.med
         return Decision(ServiceStatus.DOWN, healthy, decided, total, quorum, med, counts)
     return Decision(
-        ServiceStatus.UNKNOWN, healthy, decided, total, quorum, service.med,
+        ServiceStatus.UNKNOWN,
+        healthy,
+        decided,
+        total,
+        quorum,
+        service.med,
         f"{counts}, {undecided} undecided",
     )
 

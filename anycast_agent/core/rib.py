@@ -38,7 +38,7 @@ class Rib:
         """
         causes = causes or {}
         commands: list[Command] = []
-        for key, held in sorted(self.held.items()):
+        for key in sorted(self.held):
             if key.prefix not in configured:
                 commands.append(Withdraw(key, "prefix no longer configured"))
             elif key in wanted and wanted[key] is None:

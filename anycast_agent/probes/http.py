@@ -115,6 +115,8 @@ class HttpProbe:
             if isinstance(exc.os_error, ConnectionRefusedError):
                 return f"connect refused {self._where}"
             return f"connect to {self._where} failed: {exc.os_error.strerror or exc.os_error}"
+        if isinstance(exc, aiohttp.ClientOSError):
+            return f"connection to {self._where} failed: {exc.strerror or exc}"
         if isinstance(exc, aiohttp.ServerDisconnectedError):
             return f"{self._where} closed the connection without a response"
         if isinstance(exc, aiohttp.ClientResponseError):

@@ -54,7 +54,9 @@ class Channel:
             if self._pending is not None and not self._pending.done():
                 self._pending.set_result(item)
             else:
-                log.warning("ExaBGP sent %r with no command waiting for it (a late ack)", item.value)
+                log.warning(
+                    "ExaBGP sent %r with no command waiting for it (a late ack)", item.value
+                )
             return
         if isinstance(item, TextLine) and self._output is not None:
             self._output.append(item.text)

@@ -172,7 +172,9 @@ def parse_adj_rib_out(lines: list[str]) -> dict[RouteKey, RouteAttrs]:
         if not m:
             continue
         try:
-            key = RouteKey(str(ip_address(m["neighbor"])), str(ip_network(m["prefix"], strict=False)))
+            key = RouteKey(
+                str(ip_address(m["neighbor"])), str(ip_network(m["prefix"], strict=False))
+            )
         except ValueError:
             continue
         attrs = m["attrs"]

@@ -138,7 +138,9 @@ def fake(tmp_path: Path) -> Iterator[list[FakeExabgp]]:
         f.close()
 
 
-def test_announces_then_exits_on_stdin_eof_within_1s(tmp_path: Path, fake: list[FakeExabgp]) -> None:
+def test_announces_then_exits_on_stdin_eof_within_1s(
+    tmp_path: Path, fake: list[FakeExabgp]
+) -> None:
     f = FakeExabgp(write(tmp_path, agent_config(tmp_path)))
     fake.append(f)
     f.serve_until("announce route 192.0.2.10/32")
@@ -157,7 +159,9 @@ def test_announces_then_exits_on_stdin_eof_within_1s(tmp_path: Path, fake: list[
     assert "stdin closed by ExaBGP" in f.stderr()
 
 
-def test_sigterm_exits_within_1_5s_without_withdrawing(tmp_path: Path, fake: list[FakeExabgp]) -> None:
+def test_sigterm_exits_within_1_5s_without_withdrawing(
+    tmp_path: Path, fake: list[FakeExabgp]
+) -> None:
     f = FakeExabgp(write(tmp_path, agent_config(tmp_path)))
     fake.append(f)
     f.serve_until("announce route")
@@ -173,7 +177,9 @@ def test_shutdown_notification_exits(tmp_path: Path, fake: list[FakeExabgp]) -> 
     fake.append(f)
     f.serve_until("announce route")
     assert f.proc.stdin is not None
-    f.proc.stdin.write(b'{ "exabgp": "5.0.0", "type": "notification", "notification": "shutdown" }\n')
+    f.proc.stdin.write(
+        b'{ "exabgp": "5.0.0", "type": "notification", "notification": "shutdown" }\n'
+    )
     f.proc.stdin.flush()
     assert f.wait_exit(3.0) < 1.0
 
@@ -181,11 +187,13 @@ def test_shutdown_notification_exits(tmp_path: Path, fake: list[FakeExabgp]) -> 
 def test_held_route_of_removed_prefix_is_withdrawn_and_healthy_one_not_resent(
     tmp_path: Path, fake: list[FakeExabgp]
 ) -> None:
+    head = (
+        "neighbor 198.51.100.1 local-ip 198.51.100.2 local-as 65001 peer-as 65000 "
+        "router-id 198.51.100.2 family-allowed in-open ipv4 unicast"
+    )
     held = [
-        "neighbor 198.51.100.1 local-ip 198.51.100.2 local-as 65001 peer-as 65000 router-id "
-        "198.51.100.2 family-allowed in-open ipv4 unicast 192.0.2.10/32 next-hop 198.51.100.2 med 100",
-        "neighbor 198.51.100.1 local-ip 198.51.100.2 local-as 65001 peer-as 65000 router-id "
-        "198.51.100.2 family-allowed in-open ipv4 unicast 192.0.2.99/32 next-hop 198.51.100.2 med 100",
+        f"{head} 192.0.2.10/32 next-hop 198.51.100.2 med 100",
+        f"{head} 192.0.2.99/32 next-hop 198.51.100.2 med 100",
     ]
     cfg = agent_config(tmp_path)
     f = FakeExabgp(write(tmp_path, cfg), held=held)
@@ -220,7 +228,10 @@ def test_no_acks_exits_3_before_any_route(tmp_path: Path, fake: list[FakeExabgp]
             },
             "duplicate target name 'ok'",
         ),
-        ({"targets": [{"name": "ok", "timeout": "1s", "exec": {"argv": ["/bin/true"]}}]}, "timeout"),
+        (
+            {"targets": [{"name": "ok", "timeout": "1s", "exec": {"argv": ["/bin/true"]}}]},
+            "timeout",
+        ),
     ],
 )
 def test_invalid_config_exits_2_before_sending(
@@ -229,12 +240,20 @@ def test_invalid_config_exits_2_before_sending(
     path = write(tmp_path, agent_config(tmp_path, **mutation))
     check = subprocess.run(
         [sys.executable, "-m", "anycast_agent", "check-config", str(path)],
-        capture_output=True, text=True, env=env(), check=False,
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=False,
     )
     assert check.returncode == 2 and named in check.stderr
     run = subprocess.run(
         [sys.executable, "-m", "anycast_agent", "run", "--config", str(path)],
-        capture_output=True, text=True, env=env(), check=False, timeout=20, input="",
+        capture_output=True,
+        text=True,
+        env=env(),
+        check=False,
+        timeout=20,
+        input="",
     )
     assert run.returncode == 2
     assert run.stdout == ""  # not even a `show`

@@ -88,21 +88,59 @@ def test_bad_durations(bad: object) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("services.0.prefixes.0", "192.0.2.300/32", "services[web].prefixes[0]: invalid prefix '192.0.2.300/32'"),
-        ("services.0.prefixes.0", "192.0.2.10/24", "services[web].prefixes[0]: invalid prefix '192.0.2.10/24'"),
-        ("services.0.targets.1.name", "edge1", "services[web]: targets: duplicate target name 'edge1'"),
-        ("defaults.timeout", "1s", "services[web].targets[edge1].timeout: 1s must be > 0 and < the interval 1s"),
+        (
+            "services.0.prefixes.0",
+            "192.0.2.300/32",
+            "services[web].prefixes[0]: invalid prefix '192.0.2.300/32'",
+        ),
+        (
+            "services.0.prefixes.0",
+            "192.0.2.10/24",
+            "services[web].prefixes[0]: invalid prefix '192.0.2.10/24'",
+        ),
+        (
+            "services.0.targets.1.name",
+            "edge1",
+            "services[web]: targets: duplicate target name 'edge1'",
+        ),
+        (
+            "defaults.timeout",
+            "1s",
+            "services[web].targets[edge1].timeout: 1s must be > 0 and < the interval 1s",
+        ),
         ("bgp.local_as", 0, "bgp.local_as: Input should be greater than or equal to 1 (got 0)"),
-        ("bgp.hold_time", "2s", "bgp.hold_time: hold_time must be 0 or between 3s and 65535s, got 2s"),
-        ("services.0.communities", ["65001:100000"], "services[web].communities[0]: invalid community '65001:100000'"),
+        (
+            "bgp.hold_time",
+            "2s",
+            "bgp.hold_time: hold_time must be 0 or between 3s and 65535s, got 2s",
+        ),
+        (
+            "services.0.communities",
+            ["65001:100000"],
+            "services[web].communities[0]: invalid community '65001:100000'",
+        ),
         ("services.0.frobnicate", 1, "services[web].frobnicate: unknown key (got 1)"),
-        ("services.0.targets.0.http.url", "ftp://x", "services[web].targets[edge1].http.url: expected an http:// or https:// URL"),
-        ("services.0.prefixes.0", "2001:db8::10/128", "services[web].prefixes: 2001:db8::10/128 is ipv6 but no neighbor"),
+        (
+            "services.0.targets.0.http.url",
+            "ftp://x",
+            "services[web].targets[edge1].http.url: expected an http:// or https:// URL",
+        ),
+        (
+            "services.0.prefixes.0",
+            "2001:db8::10/128",
+            "services[web].prefixes: 2001:db8::10/128 is ipv6 but no neighbor",
+        ),
         ("services.0.min_healthy", 5, "min_healthy 5 exceeds the 4 targets"),
-        ("bgp.neighbors.0.address", "198.51.100.999", "bgp.neighbors[0].address: invalid IP address '198.51.100.999'"),
+        (
+            "bgp.neighbors.0.address",
+            "198.51.100.999",
+            "bgp.neighbors[0].address: invalid IP address '198.51.100.999'",
+        ),
     ],
 )
-def test_errors_name_the_key_and_value(tmp_path: Path, path: str, value: object, expected: str) -> None:
+def test_errors_name_the_key_and_value(
+    tmp_path: Path, path: str, value: object, expected: str
+) -> None:
     found = problems(tmp_path, mutate(path, value))
     assert any(expected in p for p in found), found
 

@@ -15,7 +15,14 @@ EXABGP_DIR = Path(__file__).resolve().parents[2] / "exabgp"
 
 def test_shipped_conf_matches_renderer(capsys: pytest.CaptureFixture[str]) -> None:
     example = EXABGP_DIR / "anycast-agent.example.yaml"
-    args = ["render", "exabgp", "--config", str(example), "--config-path", "/etc/anycast-agent/agent.yaml"]
+    args = [
+        "render",
+        "exabgp",
+        "--config",
+        str(example),
+        "--config-path",
+        "/etc/anycast-agent/agent.yaml",
+    ]
     assert main(args) == 0
     assert capsys.readouterr().out == (EXABGP_DIR / "exabgp.conf").read_text()
 

@@ -47,7 +47,11 @@ KEY = RouteKey("198.51.100.1", "192.0.2.10/32")
         ),
         (
             Announce(
-                KEY, RouteAttrs(med=4294967294, as_path=(65001, 65001), communities=("65001:100", "65535:0")), "t"
+                KEY,
+                RouteAttrs(
+                    med=4294967294, as_path=(65001, 65001), communities=("65001:100", "65535:0")
+                ),
+                "t",
             ),
             "neighbor 198.51.100.1 announce route 192.0.2.10/32 next-hop self med 4294967294 "
             "as-path [65001 65001] community [65001:100 65535:0]",
@@ -67,8 +71,14 @@ def test_render_golden(command: Announce | Withdraw, line: str) -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        Announce(RouteKey("198.51.100.1\nannounce route 0.0.0.0/0", "192.0.2.10/32"), RouteAttrs(med=1), "t"),
-        Announce(RouteKey("198.51.100.1", "192.0.2.10/32 next-hop 1.2.3.4"), RouteAttrs(med=1), "t"),
+        Announce(
+            RouteKey("198.51.100.1\nannounce route 0.0.0.0/0", "192.0.2.10/32"),
+            RouteAttrs(med=1),
+            "t",
+        ),
+        Announce(
+            RouteKey("198.51.100.1", "192.0.2.10/32 next-hop 1.2.3.4"), RouteAttrs(med=1), "t"
+        ),
         Announce(KEY, RouteAttrs(med=-1), "t"),
         Announce(KEY, RouteAttrs(med=2**32), "t"),
         Announce(KEY, RouteAttrs(med=1, communities=("65001:1]\nwithdraw",)), "t"),

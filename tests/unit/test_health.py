@@ -29,9 +29,13 @@ def run(transcript: str, rise: int = 2, fall: int = 3, start: Health | None = No
         ),
         (
             "ok ok fail fail fail ok fail ok ok",
-            "unknown healthy suspicious suspicious unhealthy recovering unhealthy recovering healthy",
+            "unknown healthy suspicious suspicious unhealthy "
+            "recovering unhealthy recovering healthy",
         ),
-        ("ok ok fail fail ok fail fail", "unknown healthy suspicious suspicious healthy suspicious suspicious"),
+        (
+            "ok ok fail fail ok fail fail",
+            "unknown healthy suspicious suspicious healthy suspicious suspicious",
+        ),
     ],
 )
 def test_transcripts(results: str, states: str) -> None:

@@ -8,7 +8,6 @@ from anycast_agent.core.health import Health
 from anycast_agent.core.policy import ServiceStatus, decide, desired_routes
 from anycast_agent.core.rib import Rib
 from anycast_agent.model import RouteAttrs, RouteKey, TargetState
-
 from tests.unit.builders import make_config
 
 S = TargetState

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import time
 
 import pytest
@@ -192,3 +194,40 @@ async def test_cancel_propagates(factory: ProbeFactory, silent_server: SilentSer
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_tls_to_a_plain_http_server_fails_cleanly(
+    factory: ProbeFactory, http_server_v4: HttpServer
+) -> None:
+    url = http_server_v4.base.replace("http://", "https://") + "/ok"
+    result = await run(factory, url=url, verify_tls=False)
+    assert not result.ok
+    assert result.reason.startswith(f"TLS handshake with {http_server_v4.base[7:]} failed: ")
+
+
+@pytest.mark.parametrize(
+    ("linger", "reason"),
+    [
+        (False, "{where} closed the connection without a response"),
+        (True, "connection to {where} failed: Connection reset by peer"),
+    ],
+)
+async def test_server_that_hangs_up_fails_cleanly(
+    factory: ProbeFactory, linger: bool, reason: str
+) -> None:
+    async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        if linger:  # close with RST instead of FIN
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await run(factory, url=f"http://127.0.0.1:{port}/ok")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert not result.ok
+    assert result.reason == reason.format(where=f"127.0.0.1:{port}")

@@ -1,0 +1,1 @@
+"""The operator side: the local HTTP control endpoint, status and Prometheus metrics."""
