@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from anycast_agent.config import AgentConfig, Service, Target
+from anycast_agent import __version__
+from anycast_agent.config import AgentConfig, Service, Target, load_config
 from anycast_agent.core.commands import Announce, Command
 from anycast_agent.core.health import Health, observe
-from anycast_agent.core.policy import Decision, ServiceStatus, decide, desired_routes
+from anycast_agent.core.intents import POP, Drain, Intents, MedOverride, RampAction
+from anycast_agent.core.policy import Decision, decide
 from anycast_agent.core.rib import Rib
-from anycast_agent.errors import RenderError, SpeakerError
+from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
+from anycast_agent.core.traffic import Memory, Outcome, Phase, adopt, evaluate
+from anycast_agent.errors import ConfigError, Conflict, RenderError, SpeakerError, UnknownService
 from anycast_agent.model import ProbeResult, TargetState
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.schedule import run_schedule
@@ -34,13 +39,18 @@ from anycast_agent.speaker.grammar import (
     render,
 )
 from anycast_agent.state import count_start, save_last_good
+from anycast_agent.store import Store, Unreadable
 
 log = logging.getLogger("anycast_agent")
 
 # How long a route ExaBGP refused waits before it is sent again.
 REFUSED_RETRY_S = 30.0
+# The decision loop ticks at least this often, so progress (the watchdog's food) is visible.
+TICK_S = 1.0
 # Exit codes of `run` besides 0 and 2 (invalid config).
 EXIT_NO_ACKS = 3
+# Fault drill (docs/deploy.md): while this file exists the decision step stalls.
+FAULT_STALL_ENV = "ANYCAST_AGENT_FAULT_STALL_DECIDE_FILE"
 
 
 class Speaker(Protocol):
@@ -48,6 +58,8 @@ class Speaker(Protocol):
 
     closed: asyncio.Event
     events: asyncio.Queue[Inbound]
+    sent: int
+    acked: dict[Ack | None, int]
 
     async def read_forever(self) -> None: ...
     async def send(self, line: str, *, timeout_s: float | None = None) -> Ack: ...
@@ -64,10 +76,24 @@ class TargetRuntime:
     timeout_s: float
     health: Health = field(default_factory=Health)
     last: ProbeResult | None = None
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    transitions: int = 0
+    task: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
         return f"{self.service}/{self.target.name}"
+
+    def same_check(self, other: TargetRuntime) -> bool:
+        return (self.target, self.rise, self.fall, self.interval_s, self.timeout_s) == (
+            other.target,
+            other.rise,
+            other.fall,
+            other.interval_s,
+            other.timeout_s,
+        )
 
 
 class Agent:
@@ -76,47 +102,62 @@ class Agent:
         config: AgentConfig,
         speaker: Speaker,
         *,
+        config_path: Path | None = None,
         config_text: bytes | None = None,
         fallback: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.speaker = speaker
+        self.config_path = config_path
         self.config_text = config_text
         self.fallback = fallback  # running the last-good config because the given one is invalid
         self.clock = clock
+        self.wall = wall
         self.rib = Rib()
         self.neighbors: dict[str, str] = {}
-        self.decisions: dict[str, Decision] = {}
         self.targets: dict[str, list[TargetRuntime]] = {
             svc.name: [self._runtime(svc, t) for t in svc.targets] for svc in config.services
         }
+        self.memory: dict[str, Memory] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.store = Store(config.state_dir)
+        self.intents = Intents()
+        self.state_unreadable = False
         self.starts = 0
+        self.ready = False
+        self.started_at = wall()
+        self.last_decide = clock()
+        self.last_probe = clock()
+        self.on_ready: Callable[[], None] | None = None
         self._dirty = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._probes: ProbeFactory | None = None
+        self._reload_lock = asyncio.Lock()
 
     def _runtime(self, svc: Service, t: Target) -> TargetRuntime:
         c = self.config
         return TargetRuntime(svc.name, t, c.rise(t), c.fall(t), c.interval_s(t), c.timeout_s(t))
 
+    # -- lifecycle -------------------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
         self.starts = count_start(self.config.state_dir)
+        self._load_intents()
         tasks: list[asyncio.Task[None]] = []
         code = 0
         async with asyncio.TaskGroup() as tg, ProbeFactory() as probes:
+            self._tg, self._probes = tg, probes
             tasks.append(tg.create_task(self.speaker.read_forever(), name="speaker:read"))
             tasks.append(tg.create_task(self._events(stop), name="speaker:events"))
             tasks.append(tg.create_task(self._closed(stop), name="speaker:closed"))
             if await self._sync():
                 for runtimes in self.targets.values():
                     for rt in runtimes:
-                        probe = probes.build(rt.target.check, rt.timeout_s)
-                        tasks.append(
-                            tg.create_task(
-                                run_schedule(probe, rt.interval_s, self._on_result(rt)),
-                                name=f"probe:{rt.label}",
-                            )
-                        )
+                        self._start_probe(rt)
                 tasks.append(tg.create_task(self._decide_forever(), name="decide"))
             else:
                 code = EXIT_NO_ACKS
@@ -124,8 +165,39 @@ class Agent:
             await stop.wait()
             for task in tasks:
                 task.cancel()
+            for runtimes in self.targets.values():
+                for rt in runtimes:
+                    if rt.task is not None:
+                        rt.task.cancel()
+        self._tg = self._probes = None
         log.info("agent stopped (routes stay as they are in ExaBGP)")
         return code
+
+    def _start_probe(self, rt: TargetRuntime) -> None:
+        assert self._tg is not None and self._probes is not None
+        probe = self._probes.build(rt.target.check, rt.timeout_s)
+        rt.task = self._tg.create_task(
+            run_schedule(probe, rt.interval_s, self._on_result(rt), on_skip=self._on_skip(rt)),
+            name=f"probe:{rt.label}",
+        )
+
+    def _load_intents(self) -> None:
+        try:
+            self.intents = self.store.load()
+        except Unreadable as exc:
+            log.critical("%s: every service starts drained (state unreadable)", exc)
+            self.state_unreadable = True
+            self.intents = Intents(
+                drains={POP: Drain(POP, "state unreadable", "anycast-agent", since=self.wall())}
+            )
+        if self.intents.drains or self.intents.meds:
+            log.info(
+                "operator intents: %s",
+                "; ".join(
+                    [f"drain {d.service} ({d.reason})" for d in self.intents.drains.values()]
+                    + [f"med {m.service}={m.med}" for m in self.intents.meds.values()]
+                ),
+            )
 
     async def _closed(self, stop: asyncio.Event) -> None:
         await self.speaker.closed.wait()
@@ -173,10 +245,17 @@ class Agent:
             log.critical("cannot read ExaBGP's adj-rib-out (%s): exiting", exc)
             return False
         self.rib.held = held
+        now = self.clock()
+        for svc in self.config.services:
+            self.memory[svc.name] = adopt(
+                svc, self.config.policy(svc), self.config.neighbors_of(svc), held, now
+            )
+        adopted = [s for s, m in self.memory.items() if m.was_up]
         log.info(
-            "start %d: ExaBGP holds %d routes; sessions: %s%s",
+            "start %d: ExaBGP holds %d routes (adopted: %s); sessions: %s%s",
             self.starts,
             len(held),
+            ", ".join(adopted) or "none",
             ", ".join(f"{a} {s}" for a, s in sorted(self.neighbors.items())) or "none",
             " — RUNNING THE LAST-GOOD CONFIG" if self.fallback else "",
         )
@@ -185,12 +264,20 @@ class Agent:
             save_last_good(self.config.state_dir, self.config_text)
         return True
 
+    # -- probes ------------------------------------------------------------------------------
+
     def _on_result(self, rt: TargetRuntime) -> Callable[[ProbeResult], None]:
         def on_result(result: ProbeResult) -> None:
+            self.last_probe = self.clock()
             before = rt.health.state
             rt.last = result
+            if result.ok:
+                rt.ok += 1
+            else:
+                rt.failed += 1
             rt.health = observe(rt.health, result.ok, rise=rt.rise, fall=rt.fall)
             if rt.health.state is not before:
+                rt.transitions += 1
                 log.info(
                     "target %s %s -> %s%s",
                     rt.label,
@@ -202,68 +289,115 @@ class Agent:
 
         return on_result
 
+    def _on_skip(self, rt: TargetRuntime) -> Callable[[int], None]:
+        def on_skip(count: int) -> None:
+            rt.skipped += count
+            log.warning(
+                "target %s: probe overran its interval, %d slot(s) skipped", rt.label, count
+            )
+
+        return on_skip
+
+    # -- decisions ----------------------------------------------------------------------------
+
     async def _decide_forever(self) -> None:
+        fault = os.environ.get(FAULT_STALL_ENV)
         while True:
-            retry_in = self._next_retry_in()
-            if retry_in is None:
-                await self._dirty.wait()
-            else:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(retry_in):
-                        await self._dirty.wait()
+            wake = min(
+                (o.wake_at for o in self.outcomes.values() if o.wake_at is not None),
+                default=None,
+            )
+            retry = min(self.rib.refused_until.values(), default=None)
+            deadline = min(w for w in (wake, retry, self.clock() + TICK_S) if w is not None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - self.clock())):
+                    await self._dirty.wait()
             self._dirty.clear()
+            while fault and os.path.exists(fault):  # noqa: ASYNC110, ASYNC240 - fault drill only
+                await asyncio.sleep(0.05)  # no decision, so no progress and no watchdog ping
             await self._apply()
 
-    def _next_retry_in(self) -> float | None:
-        if not self.rib.refused_until:
-            return None
-        return max(0.0, min(self.rib.refused_until.values()) - self.clock())
-
-    def _decide(self) -> dict[str, Decision]:
-        decisions: dict[str, Decision] = {}
+    async def _apply(self) -> None:
+        now, wall = self.clock(), self.wall()
+        self.intents = self._expire(wall)
+        wanted = {}
+        causes = {}
         for svc in self.config.services:
             runtimes = self.targets[svc.name]
             decision = decide(svc, [rt.health for rt in runtimes])
-            before = self.decisions.get(svc.name)
-            changed = (
-                before.status is not decision.status
-                if before
-                else decision.status is not ServiceStatus.UNKNOWN
+            lost = sum(
+                rt.health.state in (TargetState.UNHEALTHY, TargetState.RECOVERING)
+                for rt in runtimes
             )
-            if changed:
-                lost = [
-                    f"{rt.target.name} {rt.health.state.value}"
-                    + (f" ({rt.last.reason})" if rt.last and rt.last.reason else "")
-                    for rt in runtimes
-                    if rt.health.state not in (TargetState.HEALTHY, TargetState.SUSPICIOUS)
-                ]
-                log.info(
-                    "service %s %s -> %s: %s%s",
-                    svc.name,
-                    before.status.value if before else "unknown",
-                    decision.status.value,
-                    decision.reason,
-                    f"; {', '.join(lost)}"
-                    if lost and decision.status is not ServiceStatus.UP
-                    else "",
-                )
-            decisions[svc.name] = decision
-        self.decisions = decisions
-        return decisions
-
-    async def _apply(self) -> None:
-        decisions = self._decide()
-        wanted = desired_routes(self.config, decisions)
-        causes = {
-            str(p): f"service {svc.name} {decisions[svc.name].status.value}: "
-            f"{decisions[svc.name].reason}"
-            for svc in self.config.services
-            for p in svc.prefixes
-        }
+            loads = [
+                rt.last.load
+                for rt in runtimes
+                if rt.health.counts_healthy and rt.last is not None and rt.last.load is not None
+            ]
+            load = sum(loads) / len(loads) if loads else None
+            mem = self.memory.get(svc.name, Memory())
+            mem = replace(mem, ramp_held=svc.name in self.intents.ramp_holds)
+            mem, outcome = evaluate(
+                svc,
+                self.config.policy(svc),
+                self.config.neighbors_of(svc),
+                mem,
+                decision,
+                lost,
+                load,
+                self.intents,
+                now,
+                wall,
+            )
+            self.memory[svc.name] = mem
+            self._log_change(svc, self.outcomes.get(svc.name), outcome, runtimes)
+            self.outcomes[svc.name] = outcome
+            self.decisions[svc.name] = decision
+            wanted.update(outcome.wanted)
+            for p in svc.prefixes:
+                causes[str(p)] = f"service {svc.name} {outcome.phase.value}: {outcome.reason}"
         configured = {str(p) for svc in self.config.services for p in svc.prefixes}
-        for command in self.rib.plan(wanted, configured, self.clock(), causes):
+        for command in self.rib.plan(wanted, configured, now, causes):
             await self._send(command)
+        self.last_decide = self.clock()
+        if not self.ready and all(o.phase is not Phase.UNKNOWN for o in self.outcomes.values()):
+            self.ready = True
+            log.info("ready: every service decided")
+            if self.on_ready is not None:
+                self.on_ready()
+
+    def _expire(self, wall: float) -> Intents:
+        intents = self.intents.expire(wall)
+        if intents is not self.intents:
+            log.info("operator intents expired; now: %s", _describe(intents))
+            self._save(intents)
+        return intents
+
+    def _log_change(
+        self, svc: Service, before: Outcome | None, after: Outcome, runtimes: list[TargetRuntime]
+    ) -> None:
+        if before is None and after.phase is Phase.UNKNOWN:
+            return
+        if before is not None and (before.phase, before.stage_percent, before.med) == (
+            after.phase,
+            after.stage_percent,
+            after.med,
+        ):
+            return
+        lost = [
+            f"{rt.target.name} {rt.health.state.value}"
+            + (f" ({rt.last.reason})" if rt.last and rt.last.reason else "")
+            for rt in runtimes
+            if not rt.health.counts_healthy
+        ]
+        log.info(
+            "service %s %s -> %s: %s%s",
+            svc.name,
+            before.phase.value if before else "unknown",
+            after.phase.value,
+            after.reason,
+            f"; {', '.join(lost)}" if lost and after.phase is not Phase.UP else "",
+        )
 
     async def _send(self, command: Command) -> None:
         try:
@@ -272,8 +406,14 @@ class Agent:
             log.error("%s", exc)
             self.rib.refused(command, self.clock() + REFUSED_RETRY_S)
             return
-        verb = "announce" if isinstance(command, Announce) else "withdraw"
-        detail = f" med {command.attrs.med}" if isinstance(command, Announce) else ""
+        if isinstance(command, Announce):
+            a = command.attrs
+            detail = f" med {a.med}" + (f" as-path {list(a.as_path)}" if a.as_path else "")
+            if a.communities:
+                detail += f" community {list(a.communities)}"
+            verb = "announce"
+        else:
+            verb, detail = "withdraw", ""
         log.info(
             "%s %s%s to %s: %s",
             verb,
@@ -294,6 +434,210 @@ class Agent:
             log.error("ExaBGP answered %r to %r", ack.value, line)
             self.rib.refused(command, self.clock() + REFUSED_RETRY_S)
 
+    # -- operator intents (the control endpoint's Controller) ---------------------------------
+
+    def _service(self, name: str) -> Service:
+        svc = next((s for s in self.config.services if s.name == name), None)
+        if svc is None:
+            raise UnknownService(name)
+        return svc
+
+    def _save(self, intents: Intents) -> None:
+        self.intents = intents
+        try:
+            self.store.save(intents)
+        except OSError as exc:
+            log.error("cannot persist operator intents in %s: %s", self.store.path, exc)
+        self._dirty.set()
+
+    async def drain(
+        self, service: str | None, *, reason: str, author: str, expires_in_s: float | None
+    ) -> None:
+        key = POP if service is None else self._service(service).name
+        wall = self.wall()
+        expires = None if expires_in_s is None else wall + expires_in_s
+        existing = self.intents.drains.get(key)
+        since = existing.since if existing is not None else wall  # a re-drain keeps its grace
+        drain = Drain(key, reason, author, since, expires)
+        log.info("drain %s by %s: %s", "PoP" if key == POP else key, author, reason)
+        self._save(replace(self.intents, drains={**self.intents.drains, key: drain}))
+
+    async def undrain(self, service: str | None, *, author: str) -> None:
+        key = POP if service is None else self._service(service).name
+        if key not in self.intents.drains:
+            raise Conflict(f"{'the PoP' if key == POP else repr(key)} is not drained")
+        log.info("undrain %s by %s", "PoP" if key == POP else key, author)
+        if key == POP:
+            self.state_unreadable = False
+        drains = {k: d for k, d in self.intents.drains.items() if k != key}
+        self._save(replace(self.intents, drains=drains))
+
+    async def set_med(
+        self, service: str, med: int, *, reason: str, author: str, expires_in_s: float | None
+    ) -> None:
+        name = self._service(service).name
+        wall = self.wall()
+        expires = None if expires_in_s is None else wall + expires_in_s
+        override = MedOverride(name, med, reason, author, wall, expires)
+        log.info("MED override %s=%d by %s: %s", name, med, author, reason)
+        self._save(replace(self.intents, meds={**self.intents.meds, name: override}))
+
+    async def clear_med(self, service: str, *, author: str) -> None:
+        name = self._service(service).name
+        if name not in self.intents.meds:
+            raise Conflict(f"service {name!r} has no MED override")
+        log.info("MED override of %s cleared by %s", name, author)
+        meds = {k: m for k, m in self.intents.meds.items() if k != name}
+        self._save(replace(self.intents, meds=meds))
+
+    async def ramp(self, service: str, action: RampAction, *, author: str) -> None:
+        name = self._service(service).name
+        holds = set(self.intents.ramp_holds)
+        mem = self.memory.get(name, Memory())
+        match action:
+            case RampAction.HOLD:
+                holds.add(name)
+            case RampAction.RESUME:
+                holds.discard(name)
+            case RampAction.ADVANCE:
+                last = len(self.config.policy(self._service(name)).stages) - 1
+                if not mem.was_up or mem.stage >= last:
+                    raise Conflict(f"service {name!r} is not ramping")
+                self.memory[name] = replace(mem, stage=mem.stage + 1, stage_since=self.clock())
+            case RampAction.RESTART:
+                if not mem.was_up:
+                    raise Conflict(f"service {name!r} is not announced")
+                self.memory[name] = replace(mem, stage=0, stage_since=self.clock())
+        log.info("ramp %s %s by %s", name, action.value, author)
+        self._save(replace(self.intents, ramp_holds=frozenset(holds)))
+
+    async def reload(self) -> list[str]:
+        """Validate the config file again and apply it as a diff; errors leave all unchanged."""
+        if self.config_path is None:
+            return ["this agent was started without a config file path"]
+        async with self._reload_lock:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running config: %s", exc)
+                return exc.problems
+            self._swap(new)
+            self.config_text = self.config_path.read_bytes()
+            self.fallback = False
+            save_last_good(new.state_dir, self.config_text)
+            log.info("reloaded %s: %d services", self.config_path, len(new.services))
+            self._dirty.set()
+            return []
+
+    def _swap(self, new: AgentConfig) -> None:
+        old_targets = {rt.label: rt for runtimes in self.targets.values() for rt in runtimes}
+        targets: dict[str, list[TargetRuntime]] = {}
+        for svc in new.services:
+            runtimes = []
+            for t in svc.targets:
+                rt = TargetRuntime(
+                    svc.name, t, new.rise(t), new.fall(t), new.interval_s(t), new.timeout_s(t)
+                )
+                old = old_targets.pop(rt.label, None)
+                if old is not None and old.same_check(rt):
+                    rt = old  # same identity and check: keep its history and its probe
+                elif old is not None and old.task is not None:
+                    old.task.cancel()
+                runtimes.append(rt)
+            targets[svc.name] = runtimes
+        for gone in old_targets.values():
+            if gone.task is not None:
+                gone.task.cancel()
+        names = {s.name for s in new.services}
+        self.memory = {k: m for k, m in self.memory.items() if k in names}
+        self.outcomes = {k: o for k, o in self.outcomes.items() if k in names}
+        self.config = new
+        self.targets = targets
+        for runtimes in targets.values():
+            for rt in runtimes:
+                if rt.task is None or rt.task.done():
+                    self._start_probe(rt)
+
+    # -- snapshot ------------------------------------------------------------------------------
+
+    def progress(self) -> float:
+        """Monotonic time of the last moment both probing and deciding were seen working."""
+        has_targets = any(self.targets.values())
+        return min(self.last_decide, self.last_probe) if has_targets else self.last_decide
+
+    def snapshot(self) -> Snapshot:
+        services = []
+        for svc in self.config.services:
+            outcome = self.outcomes.get(svc.name)
+            decision = self.decisions.get(svc.name)
+            mem = self.memory.get(svc.name, Memory())
+            policy = self.config.policy(svc)
+            targets = tuple(
+                TargetSnapshot(
+                    name=rt.target.name,
+                    kind=type(rt.target.check).__name__.removesuffix("Check").lower(),
+                    state=rt.health.state,
+                    last_ok=rt.last.ok if rt.last else None,
+                    last_reason=rt.last.reason if rt.last else "",
+                    last_latency_s=rt.last.latency_s if rt.last else None,
+                    load=rt.last.load if rt.last else None,
+                    probes_ok=rt.ok,
+                    probes_failed=rt.failed,
+                    skipped_slots=rt.skipped,
+                    transitions=rt.transitions,
+                )
+                for rt in self.targets.get(svc.name, [])
+            )
+            prefixes = {str(p) for p in svc.prefixes}
+            wanted = outcome.wanted if outcome else {}
+            keys = sorted({k for k in (*wanted, *self.rib.held) if k.prefix in prefixes})
+            routes = tuple(
+                RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), self.rib.held.get(k))
+                for k in keys
+            )
+            services.append(
+                ServiceSnapshot(
+                    name=svc.name,
+                    status=outcome.phase.value if outcome else "unknown",
+                    reason=outcome.reason if outcome else "not evaluated yet",
+                    healthy=decision.healthy if decision else 0,
+                    total=len(svc.targets),
+                    quorum=svc.quorum(),
+                    med=outcome.med if outcome else None,
+                    stage=outcome.stage_percent if outcome else 0,
+                    ramp_mode=policy.ramp_mode.value,
+                    ramp_held=svc.name in self.intents.ramp_holds,
+                    suppressed=mem.damping.suppressed,
+                    penalty=outcome.penalty if outcome else 0.0,
+                    drain=self.intents.drain_of(svc.name),
+                    med_override=self.intents.meds.get(svc.name),
+                    transitions=mem.transitions,
+                    targets=targets,
+                    routes=routes,
+                )
+            )
+        acked = {("timeout" if k is None else k.value): v for k, v in self.speaker.acked.items()}
+        return Snapshot(
+            pop=self.config.pop,
+            version=__version__,
+            started_at=self.started_at,
+            ready=self.ready,
+            channel_up=not self.speaker.closed.is_set(),
+            neighbors=dict(sorted(self.neighbors.items())),
+            commands_sent=self.speaker.sent,
+            commands_acked=acked,
+            starts=self.starts,
+            last_good_fallback=self.fallback,
+            state_unreadable=self.state_unreadable,
+            last_progress=self.progress(),
+            services=tuple(services),
+        )
+
+
+def _describe(intents: Intents) -> str:
+    parts = [f"drain {k}" for k in intents.drains] + [f"med {k}" for k in intents.meds]
+    return ", ".join(parts) or "none"
+
 
 class DryRunSpeaker:
     """Prints each command instead of sending it, and answers `done` (`run --dry-run`)."""
@@ -301,6 +645,8 @@ class DryRunSpeaker:
     def __init__(self, write: Callable[[str], None]) -> None:
         self.closed = asyncio.Event()
         self.events: asyncio.Queue[Inbound] = asyncio.Queue()
+        self.sent = 0
+        self.acked: dict[Ack | None, int] = {}
         self._write = write
 
     async def read_forever(self) -> None:
@@ -308,6 +654,8 @@ class DryRunSpeaker:
 
     async def send(self, line: str, *, timeout_s: float | None = None) -> Ack:
         self._write(line)
+        self.sent += 1
+        self.acked[Ack.DONE] = self.acked.get(Ack.DONE, 0) + 1
         return Ack.DONE
 
     async def show(self, line: str, *, timeout_s: float = 5.0) -> list[str]:

@@ -160,10 +160,12 @@ def run(path: Path, *, dry_run: bool = False, state_dir: Path | None = None) -> 
         config, text, fallback = _load_for_run(path, state_dir)
     except ConfigError:
         return EXIT_CONFIG
-    return asyncio.run(_run(config, text, fallback, dry_run))
+    return asyncio.run(_run(config, path.resolve(), text, fallback, dry_run))
 
 
-async def _run(config: AgentConfig, text: bytes | None, fallback: bool, dry_run: bool) -> int:
+async def _run(
+    config: AgentConfig, path: Path, text: bytes | None, fallback: bool, dry_run: bool
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,7 +174,16 @@ async def _run(config: AgentConfig, text: bytes | None, fallback: bool, dry_run:
         speaker: DryRunSpeaker | Channel = DryRunSpeaker(lambda line: print(line, flush=True))
     else:
         speaker = Channel(await open_stdin(), write_stdout)
-    agent = Agent(config, speaker, config_text=text, fallback=fallback)
+    agent = Agent(config, speaker, config_path=path, config_text=text, fallback=fallback)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_sighup() -> None:
+        # SIGHUP to the agent's own PID reloads (never to ExaBGP: it shuts down on SIGHUP).
+        task = loop.create_task(agent.reload(), name="reload:sighup")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     log.info(
         "anycast-agent %s starting: pop %s, %d services%s",
         __version__,

@@ -6,6 +6,7 @@ import enum
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -15,7 +16,7 @@ from ipaddress import (
     ip_network,
 )
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -154,8 +155,46 @@ class Bgp(Strict):
 
 
 class Control(Strict):
+    """The control endpoint: `HOST:PORT` (IPv6 as `[::1]:9179`) or `unix:/path/to.sock`."""
+
     listen: str = "127.0.0.1:9179"
     token_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("unix:"):
+            if not v[5:].startswith("/"):
+                raise ValueError(f"a unix socket needs an absolute path, got {v!r}")
+            return v
+        host, sep, port = v.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected IP:PORT or unix:/path, got {v!r}") from None
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected IP:PORT or unix:/path, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> Control:
+        if self.token_file is None and not self.is_local():
+            raise ValueError(f"listen {self.listen!r} is not loopback: a token_file is required")
+        return self
+
+    def is_local(self) -> bool:
+        if self.listen.startswith("unix:"):
+            return True
+        host = self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        return ip_address(host).is_loopback
+
+    def address(self) -> tuple[str, int] | str:
+        """(host, port) for TCP, or the socket path for a unix socket."""
+        if self.listen.startswith("unix:"):
+            return self.listen[5:]
+        host, _, port = self.listen.rpartition(":")
+        return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class Addresses(Strict):
@@ -172,11 +211,91 @@ class Timing(Strict):
     rise: Annotated[int, Field(ge=1, le=100)] | None = None
 
 
+class RampMode(enum.StrEnum):
+    AUTO = "auto"
+    NEIGHBORS = "neighbors"
+    PREFIXES = "prefixes"
+    PREPEND = "prepend"
+
+
+class Ramp(Strict):
+    """Staged re-announcement after DOWN→UP, on undrain and on first start (DESIGN §3.4)."""
+
+    stages: tuple[Annotated[int, Field(ge=1, le=100)], ...] = (25, 50, 100)
+    stage_hold: Duration = 60.0
+    mode: RampMode = RampMode.AUTO
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or v[-1] != 100 or list(v) != sorted(set(v)):
+            raise ValueError(f"stages must rise strictly and end at 100, got {list(v)}")
+        return v
+
+
+class LoadTier(Strict):
+    load: Annotated[float, Field(gt=0, le=1)]
+    med: Annotated[int, Field(ge=0, le=MED_MAX)]
+
+
+class Damping(Strict):
+    """RFC 2439-style flap damping of a service's UP/DOWN changes."""
+
+    enabled: bool = True
+    penalty: Annotated[float, Field(gt=0)] = 1000.0  # added per UP↔DOWN change
+    half_life: Duration = 60.0
+    suppress: Annotated[float, Field(gt=0)] = 3000.0  # withdrawn while the penalty is above
+    reuse: Annotated[float, Field(gt=0)] = 750.0  # ... until it decays below this
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Damping:
+        if self.reuse >= self.suppress:
+            raise ValueError(f"reuse {self.reuse:g} must be below suppress {self.suppress:g}")
+        if self.half_life <= 0:
+            raise ValueError("half_life must be > 0")
+        return self
+
+
+DEFAULT_LOAD_TIERS = (
+    LoadTier(load=0.70, med=100),
+    LoadTier(load=0.85, med=300),
+    LoadTier(load=0.95, med=1000),
+)
+
+
+class TrafficEngineering(Strict):
+    """Keys a service may set, falling back to `defaults` (DESIGN §5)."""
+
+    med_hold: Duration | None = None
+    min_update_interval: Duration | None = None
+    capacity_penalty: Annotated[int, Field(ge=0, le=MED_MAX)] | None = None
+    load_tiers: tuple[LoadTier, ...] | None = None
+    drain_grace: Duration | None = None
+    damping: Damping | None = None
+    ramp: Ramp | None = None
+
+    @field_validator("load_tiers")
+    @classmethod
+    def _tiers(cls, v: tuple[LoadTier, ...] | None) -> tuple[LoadTier, ...] | None:
+        if v is not None:
+            loads = [t.load for t in v]
+            if loads != sorted(set(loads)):
+                raise ValueError(f"load tiers must rise strictly, got {loads}")
+        return v
+
+
 class Defaults(Strict):
     interval: Duration = 1.0
     timeout: Duration = 0.8
     fall: Annotated[int, Field(ge=1, le=100)] = 3
     rise: Annotated[int, Field(ge=1, le=100)] = 2
+    med_hold: Duration = 30.0
+    min_update_interval: Duration = 10.0
+    capacity_penalty: Annotated[int, Field(ge=0, le=MED_MAX)] = 1000
+    load_tiers: tuple[LoadTier, ...] = DEFAULT_LOAD_TIERS
+    drain_grace: Duration = 30.0
+    damping: Damping = Damping()
+    ramp: Ramp = Ramp()
 
 
 class HttpCheck(Strict):
@@ -189,6 +308,9 @@ class HttpCheck(Strict):
     server_name: str | None = None  # TLS SNI when it differs from the URL's host
     load_header: str | None = None
     load_json_field: str | None = None
+    # Reuse one connection per target (fresh one at least every 30 probes); default off, so a
+    # server that stops accepting connections fails its next check.
+    keepalive: bool = False
 
     @field_validator("url")
     @classmethod
@@ -247,7 +369,7 @@ class Target(Timing):
         return next(c for c in (self.http, self.tcp, self.exec, self.dns) if c is not None)
 
 
-class Service(Strict):
+class Service(TrafficEngineering):
     name: Name
     prefixes: tuple[Network, ...] = Field(min_length=1)
     med: Med = 100
@@ -374,6 +496,55 @@ class AgentConfig(BaseSettings):
 
     def rise(self, t: Target) -> int:
         return t.rise if t.rise is not None else self.defaults.rise
+
+    def policy(self, s: Service) -> Policy:
+        """The service's traffic-engineering settings with `defaults` filled in."""
+        d = self.defaults
+        ramp = s.ramp or d.ramp
+        neighbors = self.neighbors_of(s)
+        mode = ramp.mode
+        if mode is RampMode.AUTO:
+            if len(neighbors) >= 2:
+                mode = RampMode.NEIGHBORS
+            elif len(s.prefixes) >= 2:
+                mode = RampMode.PREFIXES
+            else:
+                mode = RampMode.PREPEND
+        return Policy(
+            local_as=self.bgp.local_as,
+            med_hold_s=_pick(s.med_hold, d.med_hold),
+            min_update_interval_s=_pick(s.min_update_interval, d.min_update_interval),
+            capacity_penalty=_pick(s.capacity_penalty, d.capacity_penalty),
+            load_tiers=tuple((t.load, t.med) for t in _pick(s.load_tiers, d.load_tiers)),
+            drain_grace_s=_pick(s.drain_grace, d.drain_grace),
+            damping=s.damping or d.damping,
+            stages=ramp.stages,
+            stage_hold_s=ramp.stage_hold,
+            ramp_mode=mode,
+        )
+
+
+T = TypeVar("T")
+
+
+def _pick(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Resolved traffic-engineering settings of one service, as the core consumes them."""
+
+    local_as: int
+    med_hold_s: float
+    min_update_interval_s: float
+    capacity_penalty: int
+    load_tiers: tuple[tuple[float, int], ...]
+    drain_grace_s: float
+    damping: Damping
+    stages: tuple[int, ...]
+    stage_hold_s: float
+    ramp_mode: RampMode
 
 
 def _loc(loc: tuple[int | str, ...], data: Any) -> str:

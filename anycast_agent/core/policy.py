@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anycast_agent.config import AgentConfig, OnDown, Service
+from anycast_agent.config import OnDown, Service
 from anycast_agent.core.health import Health
-from anycast_agent.model import Family, RouteAttrs, RouteKey
 
 
 class ServiceStatus(enum.StrEnum):
@@ -50,31 +49,3 @@ def decide(service: Service, healths: Sequence[Health]) -> Decision:
         service.med,
         f"{counts}, {undecided} undecided",
     )
-
-
-def service_routes(
-    config: AgentConfig, service: Service, decision: Decision
-) -> dict[RouteKey, RouteAttrs | None]:
-    """The service's wanted routes per neighbor (None = withdrawn); empty while UNKNOWN."""
-    if decision.status is ServiceStatus.UNKNOWN:
-        return {}
-    announce = decision.status is ServiceStatus.UP or service.on_down is OnDown.DEPREFER
-    attrs = RouteAttrs(med=decision.med, communities=service.communities)
-    wanted: dict[RouteKey, RouteAttrs | None] = {}
-    for neighbor in config.neighbors_of(service):
-        for prefix in service.prefixes:
-            if Family.of(prefix) in neighbor.families:
-                wanted[RouteKey.of(neighbor.address, prefix)] = attrs if announce else None
-    return wanted
-
-
-def desired_routes(
-    config: AgentConfig, decisions: Mapping[str, Decision]
-) -> dict[RouteKey, RouteAttrs | None]:
-    """Every route the agent has an opinion on; services still UNKNOWN are absent (left as held)."""
-    wanted: dict[RouteKey, RouteAttrs | None] = {}
-    for service in config.services:
-        decision = decisions.get(service.name)
-        if decision is not None:
-            wanted.update(service_routes(config, service, decision))
-    return wanted

@@ -64,6 +64,7 @@ def agent_config(lab: PopLab, services: Sequence[ServiceSpec]) -> dict[str, Any]
                     }
                     for i in svc.edges
                 ],
+                "ramp": {"stages": [100]},  # no staged re-announcement unless a test asks
                 **svc.extra,
             }
             for svc in services

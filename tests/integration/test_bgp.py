@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 
 from tests.integration.agent_lab import FALL, INTERVAL_S, RISE, TIMEOUT_S, AgentLab, ServiceSpec
-from tests.lab.fixtures import PopLabFactory, exabgp_version, pop_lab_factory
+from tests.lab.fixtures import PopLabFactory
 from tests.lab.wait import assert_holds, wait_for
 
 WEB = "192.0.2.10/32"
@@ -193,6 +192,3 @@ def test_ipv6_prefix_without_ipv6_session_is_a_config_error(
     )
     assert check.returncode == 2
     assert "2001:db8::10/128 is ipv6 but no neighbor" in check.stderr
-
-
-__all__ = ["exabgp_version", "pop_lab_factory", "pytest"]

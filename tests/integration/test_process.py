@@ -34,6 +34,7 @@ def agent_config(tmp_path: Path, **service: object) -> dict[str, object]:
                 "name": "web",
                 "prefixes": ["192.0.2.10/32"],
                 "targets": [{"name": "ok", "exec": {"argv": ["/bin/true"]}}],
+                "ramp": {"stages": [100]},
                 **service,
             }
         ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from anycast_agent.config import OnDown
 from anycast_agent.core.commands import Announce, Withdraw
 from anycast_agent.core.health import Health
-from anycast_agent.core.policy import ServiceStatus, decide, desired_routes
+from anycast_agent.core.policy import ServiceStatus, decide
 from anycast_agent.core.rib import Rib
 from anycast_agent.model import RouteAttrs, RouteKey, TargetState
 from tests.unit.builders import make_config
@@ -43,19 +43,8 @@ def test_quorum_transcript() -> None:
     assert status("hx", min_healthy="50%") == "up"
 
 
-def test_desired_routes_follow_families_and_on_down() -> None:
+def test_deprefer_keeps_med_down() -> None:
     cfg = make_config()
-    svc = cfg.services[0]
-    up = desired_routes(cfg, {"web": decide(svc, healths("hh"))})
-    attrs = RouteAttrs(med=100, communities=("65001:100",))
-    assert up == {
-        RouteKey("198.51.100.1", "192.0.2.10/32"): attrs,
-        RouteKey("2001:db8:100::1", "2001:db8::10/128"): attrs,
-    }
-    down = desired_routes(cfg, {"web": decide(svc, healths("xx"))})
-    assert set(down.values()) == {None}
-    assert desired_routes(cfg, {"web": decide(svc, healths("uu"))}) == {}
-
     deprefer = cfg.services[0].model_copy(update={"on_down": OnDown.DEPREFER, "med_down": 5000})
     d = decide(deprefer, healths("xx"))
     assert d.status is ServiceStatus.DOWN and d.med == 5000

@@ -1,0 +1,395 @@
+"""The operator's command line client of the control endpoint (status, drain, med, ramp, reload).
+
+Plain synchronous HTTP (http.client), over TCP or a unix socket, so it needs nothing beyond the
+standard library and works from a rescue shell. Exit codes: 0 done, 1 refused by the agent (its
+error on stderr), 2 usage, 3 cannot reach the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote, urlsplit
+
+from anycast_agent.core.intents import RampAction
+
+ENV_URL = "ANYCAST_AGENT_URL"
+ENV_TOKEN_FILE = "ANYCAST_AGENT_TOKEN_FILE"
+DEFAULT_URL = "http://127.0.0.1:9179"
+DEFAULT_TOKEN_FILE = Path("/etc/anycast-agent/token")
+TIMEOUT_S = 10.0
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+CLIENT_COMMANDS = frozenset({"status", "drain", "undrain", "med", "ramp", "reload"})
+
+
+class UsageError(Exception):
+    """A command line that cannot become a request (exit 2)."""
+
+
+class Unreachable(Exception):
+    """The agent could not be reached or did not answer (exit 3)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Any  # the decoded JSON (or the raw text when the server sent none)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the agent listens: `http://HOST:PORT[/base]`, `https://...` or `unix:/path`."""
+
+    url: str
+    token: str | None
+    timeout_s: float = TIMEOUT_S
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, str]:
+        if self.url.startswith("unix:"):
+            path = self.url[5:]
+            if not path.startswith("/"):
+                raise UsageError(f"a unix socket URL needs an absolute path, got {self.url!r}")
+            return _UnixConnection(path, self.timeout_s), ""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"expected http://HOST:PORT or unix:/path, got {self.url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise UsageError(f"bad port in {self.url!r}") from None
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        return cls(parts.hostname, port, timeout=self.timeout_s), parts.path.rstrip("/")
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Reply:
+        conn, base = self._connection()
+        headers = {"Accept": "application/json", "User-Agent": "anycast-agent-client"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token is not None and method != "GET":
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            conn.request(method, base + path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"cannot reach the agent at {self.url}: {exc}") from None
+        finally:
+            conn.close()
+        text = raw.decode("utf-8", "replace")
+        try:
+            decoded: Any = json.loads(text)
+        except ValueError:
+            decoded = text
+        return Reply(response.status, decoded)
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=None,
+        help=f"the agent's control endpoint: http://HOST:PORT or unix:/path "
+        f"(default: ${ENV_URL}, else {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"bearer token for changes (default: ${ENV_TOKEN_FILE}, else {DEFAULT_TOKEN_FILE} "
+        "when readable, else none)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=TIMEOUT_S, help="seconds (default: %(default)s)"
+    )
+
+
+def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add status, drain, undrain, med, ramp and reload to the `anycast-agent` parser."""
+    p = sub.add_parser("status", help="show services, targets and routes of the running agent")
+    p.add_argument("--json", action="store_true", help="print the raw JSON status")
+    _common(p)
+
+    p = sub.add_parser("drain", help="de-prefer then withdraw a service (or --all: the PoP)")
+    p.add_argument("service", nargs="?", metavar="SERVICE")
+    p.add_argument("--all", action="store_true", help="drain every service of this PoP")
+    p.add_argument("--reason", required=True, help="why (shown in status, kept in state)")
+    p.add_argument("--expires", metavar="DURATION", help="undrain by itself after e.g. 30m")
+    p.add_argument("--author", help="who asks (default: the token's identity)")
+    _common(p)
+
+    p = sub.add_parser("undrain", help="end a drain (the service ramps back)")
+    p.add_argument("service", nargs="?", metavar="SERVICE")
+    p.add_argument("--all", action="store_true", help="end the PoP-wide drain")
+    p.add_argument("--author", help="who asks (default: the token's identity)")
+    _common(p)
+
+    p = sub.add_parser("med", help="override a service's MED (or --clear the override)")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("value", nargs="?", metavar="VALUE", help="0-4294967295")
+    p.add_argument("--clear", action="store_true", help="remove the override")
+    p.add_argument("--reason", help="why (required to set a MED)")
+    p.add_argument("--expires", metavar="DURATION", help="drop the override after e.g. 2h")
+    p.add_argument("--author", help="who asks (default: the token's identity)")
+    _common(p)
+
+    p = sub.add_parser("ramp", help="hold, resume, advance or restart a service's ramp")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("action", choices=[a.value for a in RampAction])
+    p.add_argument("--author", help="who asks (default: the token's identity)")
+    _common(p)
+
+    p = sub.add_parser("reload", help="re-read the config; the agent keeps the old one on errors")
+    _common(p)
+
+
+def _token(arg: Path | None) -> str | None:
+    path = arg
+    if path is None and (env := os.environ.get(ENV_TOKEN_FILE)):
+        path = Path(env)
+    if path is None:
+        if not os.access(DEFAULT_TOKEN_FILE, os.R_OK):
+            return None
+        path = DEFAULT_TOKEN_FILE
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc}") from None
+    if not token:
+        raise UsageError(f"the token file {path} is empty")
+    return token
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
+    return Endpoint(url, _token(args.token_file), args.timeout)
+
+
+def _scope(args: argparse.Namespace) -> str:
+    if bool(args.service) == bool(args.all):
+        raise UsageError(f"{args.command}: name one SERVICE or --all")
+    return "/v1" if args.all else f"/v1/services/{quote(args.service, safe='')}"
+
+
+def _intent_body(args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
+    body = {k: v for k, v in fields.items() if v is not None}
+    if getattr(args, "author", None):
+        body["author"] = args.author
+    return body
+
+
+def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """The HTTP request a client command makes: method, path, JSON body."""
+    match args.command:
+        case "status":
+            return "GET", "/v1/status", None
+        case "drain":
+            body = _intent_body(args, reason=args.reason, expires_in=args.expires)
+            return "POST", _scope(args) + "/drain", body
+        case "undrain":
+            return "POST", _scope(args) + "/undrain", _intent_body(args)
+        case "med":
+            path = f"/v1/services/{quote(args.service, safe='')}/med"
+            if args.clear == (args.value is not None):
+                raise UsageError("med: give a VALUE or --clear")
+            if args.clear:
+                return "DELETE", path, _intent_body(args)
+            if not args.reason:
+                raise UsageError("med: --reason is required to set a MED")
+            try:
+                med = int(args.value)
+            except ValueError:
+                raise UsageError(f"med: VALUE must be an integer, got {args.value!r}") from None
+            return (
+                "PUT",
+                path,
+                _intent_body(args, med=med, reason=args.reason, expires_in=args.expires),
+            )
+        case "ramp":
+            path = f"/v1/services/{quote(args.service, safe='')}/ramp"
+            return "POST", path, _intent_body(args, action=args.action)
+        case "reload":
+            return "POST", "/v1/reload", {}
+    raise UsageError(f"not a client command: {args.command!r}")
+
+
+def run_client(
+    args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Run one client command; return the exit code (0 ok, 1 refused, 2 usage, 3 unreachable)."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        method, path, body = _request(args)
+        reply = _endpoint(args).request(method, path, body)
+    except UsageError as exc:
+        err.write(f"anycast-agent: {exc}\n")
+        return EXIT_USAGE
+    except Unreachable as exc:
+        err.write(f"anycast-agent: {exc}\n")
+        return EXIT_UNREACHABLE
+    if reply.status >= 400:
+        err.write(_refusal(args.command, reply))
+        return EXIT_REFUSED
+    if args.command == "status":
+        out.write(
+            json.dumps(reply.body, indent=2) + "\n" if args.json else format_status(reply.body)
+        )
+    else:
+        out.write(_done(args, reply.body))
+    return EXIT_OK
+
+
+def _refusal(command: str, reply: Reply) -> str:
+    body = reply.body
+    if not isinstance(body, dict):
+        return f"anycast-agent {command}: HTTP {reply.status}: {_clean(str(body))[:500]}\n"
+    lines = [
+        f"anycast-agent {command}: {_clean(str(body.get('error', 'refused')))} "
+        f"(HTTP {reply.status})"
+    ]
+    detail = body.get("detail")
+    if isinstance(detail, list):
+        lines += [
+            f"  {_clean(d['message'] if isinstance(d, dict) and 'message' in d else str(d))}"
+            for d in detail
+        ]
+    elif isinstance(detail, dict | str) and detail:
+        lines.append(f"  {_clean(json.dumps(detail) if isinstance(detail, dict) else detail)}")
+    return "\n".join(lines) + "\n"
+
+
+def _done(args: argparse.Namespace, body: Any) -> str:
+    what = getattr(args, "service", None) or "the PoP"
+    match args.command:
+        case "drain":
+            return f"draining {what}\n"
+        case "undrain":
+            return f"undrained {what} (it ramps back)\n"
+        case "med":
+            return (
+                f"MED override cleared for {what}\n"
+                if args.clear
+                else f"MED of {what} overridden to {args.value}\n"
+            )
+        case "ramp":
+            return f"ramp of {what}: {args.action}\n"
+        case "reload":
+            return "configuration reloaded\n"
+    return json.dumps(body) + "\n"
+
+
+# --- status table -----------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    """Never let a target's reason (from a probe's output) drive the operator's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _drain_text(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    scope = "PoP: " if d.get("scope") == "pop" else ""
+    until = f", {d['expires_in_s']:.0f}s left" if d.get("expires_in_s") is not None else ""
+    return f"{scope}{d.get('reason', '')} ({d.get('author', '?')}{until})"
+
+
+def _med_text(s: dict[str, Any]) -> str:
+    med = "-" if s.get("med") is None else str(s["med"])
+    if s.get("med_override"):
+        med += f" (override {s['med_override']['med']})"
+    return med
+
+
+def format_status(status: Any) -> str:
+    """The status JSON as the tables `anycast-agent status` prints."""
+    if not isinstance(status, dict):
+        return _clean(str(status)) + "\n"
+    channel = "up" if status.get("channel_up") else "DOWN"
+    lines = [
+        f"pop {status.get('pop')}  agent {status.get('version')}  exabgp channel {channel}  "
+        f"ready {'yes' if status.get('ready') else 'no'}  starts {status.get('starts')}"
+    ]
+    if status.get("last_good_fallback"):
+        lines.append("WARNING: running the last-good config (the configured one is invalid)")
+    if status.get("state_unreadable"):
+        lines.append("WARNING: the state file is unreadable: every service is drained")
+    neighbors = ", ".join(f"{n['address']} {n['state']}" for n in status.get("neighbors", []))
+    lines.append(f"neighbors: {neighbors or '-'}")
+    services = status.get("services", [])
+    rows = [("SERVICE", "STATE", "STAGE", "MED", "HEALTHY", "DRAIN")]
+    for s in services:
+        state = s["state"] + (" (suppressed)" if s.get("suppressed") else "")
+        stage = f"{s['stage']}%" + (" held" if s.get("ramp_held") else "")
+        rows.append(
+            (
+                s["name"],
+                state,
+                stage,
+                _med_text(s),
+                f"{s['healthy']}/{s['total']}",
+                _drain_text(s.get("drain")),
+            )
+        )
+    lines += ["", *_table(rows)]
+    trows = [("SERVICE/TARGET", "KIND", "STATE", "LATENCY", "LAST")]
+    for s in services:
+        for t in s.get("targets", []):
+            latency = t.get("last_latency_s")
+            last = (
+                "-"
+                if t.get("last_ok") is None
+                else "ok"
+                if t["last_ok"]
+                else t.get("last_reason") or "failed"
+            )
+            trows.append(
+                (
+                    f"{s['name']}/{t['name']}",
+                    t["kind"],
+                    t["state"],
+                    "-" if latency is None else f"{latency * 1000:.0f}ms",
+                    last,
+                )
+            )
+    if len(trows) > 1:
+        lines += ["", *_table(trows)]
+    return "\n".join(_clean(line) for line in lines) + "\n"

@@ -1,0 +1,57 @@
+"""Operator intents (drain, MED override, ramp control): values the agent persists and obeys."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+POP = "*"  # the key of a PoP-wide drain
+
+
+class RampAction(enum.StrEnum):
+    HOLD = "hold"
+    RESUME = "resume"
+    ADVANCE = "advance"
+    RESTART = "restart"
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Drain one service (or the whole PoP when `service` is POP): de-prefer, then withdraw."""
+
+    service: str
+    reason: str
+    author: str
+    since: float  # wall-clock seconds (persisted; survives restarts)
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MedOverride:
+    service: str
+    med: int
+    reason: str
+    author: str
+    since: float
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intents:
+    """Everything an operator asked for; immutable, replaced as a whole on each change."""
+
+    drains: dict[str, Drain] = field(default_factory=dict)
+    meds: dict[str, MedOverride] = field(default_factory=dict)
+    ramp_holds: frozenset[str] = frozenset()
+
+    def drain_of(self, service: str) -> Drain | None:
+        """The drain that applies to `service`: its own, else the PoP-wide one."""
+        return self.drains.get(service) or self.drains.get(POP)
+
+    def expire(self, wall_now: float) -> Intents:
+        """These intents without the ones whose expiry has passed."""
+        drains = {k: d for k, d in self.drains.items() if d.expires is None or d.expires > wall_now}
+        meds = {k: m for k, m in self.meds.items() if m.expires is None or m.expires > wall_now}
+        if len(drains) == len(self.drains) and len(meds) == len(self.meds):
+            return self
+        return replace(self, drains=drains, meds=meds)

@@ -1,0 +1,358 @@
+"""Traffic engineering per service: damping, drain, staged ramp and MED holds → wanted routes.
+
+Pure and synchronous: `evaluate` takes the service's memory, its quorum decision, the operator
+intents and the time, and returns new memory plus the routes wanted (DESIGN §3.3-§3.5).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+from anycast_agent.config import Neighbor, OnDown, Policy, RampMode, Service
+from anycast_agent.core.intents import Intents
+from anycast_agent.core.policy import Decision, ServiceStatus
+from anycast_agent.model import GRACEFUL_SHUTDOWN, MED_DRAIN, Family, RouteAttrs, RouteKey
+
+# A drained service is announced with the local AS this many times (3 extra prepends).
+DRAIN_PATH_LENGTH = 4
+
+
+class Phase(enum.StrEnum):
+    """What the service's routes are doing, as status and metrics show it."""
+
+    UNKNOWN = "unknown"  # no opinion yet: ExaBGP keeps what it holds
+    UP = "up"
+    RAMPING = "ramping"
+    DOWN = "down"  # withdrawn (or de-preferred with on_down: deprefer)
+    SUPPRESSED = "suppressed"  # flap damping keeps it withdrawn
+    DRAINING = "draining"  # de-preferred, withdraw after drain_grace
+    DRAINED = "drained"  # withdrawn by the operator
+
+
+@dataclass(frozen=True, slots=True)
+class DampingState:
+    penalty: float = 0.0
+    updated_at: float = 0.0
+    suppressed: bool = False
+
+    def decayed(self, now: float, half_life_s: float) -> float:
+        if self.penalty <= 0:
+            return 0.0
+        decay: float = 0.5 ** (max(0.0, now - self.updated_at) / half_life_s)
+        return self.penalty * decay
+
+
+@dataclass(frozen=True, slots=True)
+class MedHold:
+    """The MED in effect and a candidate that must hold for `med_hold` before it is sent."""
+
+    sent: int | None = None
+    candidate: int | None = None
+    candidate_since: float = 0.0
+    last_change: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """Everything the core remembers about one service between evaluations."""
+
+    last_raw: ServiceStatus = ServiceStatus.UNKNOWN  # last decided UP/DOWN, for damping
+    was_up: bool = False  # announced (healthy) at the last evaluation
+    stage: int = 0  # index into the ramp's stages
+    stage_since: float = 0.0
+    ramp_held: bool = False
+    damping: DampingState = DampingState()
+    med: MedHold = MedHold()
+    transitions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    phase: Phase
+    reason: str
+    stage_percent: int  # 100 when fully announced, 0 when withdrawn
+    med: int | None  # the MED announced, None when withdrawn
+    penalty: float
+    wanted: dict[RouteKey, RouteAttrs | None]
+    wake_at: float | None  # when a timer (hold, ramp, damping, drain) needs another look
+
+
+def sort_communities(communities: tuple[str, ...]) -> tuple[str, ...]:
+    # ExaBGP lists communities sorted; sorting ours too lets a respawn compare like with like.
+    return tuple(sorted(set(communities), key=lambda c: tuple(int(x) for x in c.split(":"))))
+
+
+def computed_med(
+    service: Service, policy: Policy, decision: Decision, lost: int, load: float | None
+) -> int:
+    """Base MED + capacity penalty (share of targets lost) + load penalty (highest tier met)."""
+    capacity = round(policy.capacity_penalty * lost / decision.total) if decision.total else 0
+    load_penalty = 0
+    if load is not None:
+        for tier_load, tier_med in policy.load_tiers:
+            if load >= tier_load:
+                load_penalty = tier_med
+    return min(service.med + capacity + load_penalty, MED_DRAIN - 1)
+
+
+def extra_prepends(stage_index: int, stages: tuple[int, ...]) -> int:
+    """3, 1, 0 for three stages: the AS path halves in length at each stage (4, 2, 1)."""
+    if stages[stage_index] >= 100:
+        return 0
+    return int(2 ** (len(stages) - 1 - stage_index)) - 1
+
+
+def _damp(mem: Memory, raw: ServiceStatus, policy: Policy, now: float) -> Memory:
+    d = policy.damping
+    if not d.enabled:
+        return replace(mem, damping=DampingState()) if mem.damping.penalty else mem
+    damping = mem.damping
+    penalty = damping.decayed(now, d.half_life)
+    flapped = (
+        raw is not ServiceStatus.UNKNOWN
+        and mem.last_raw is not ServiceStatus.UNKNOWN
+        and raw is not mem.last_raw
+    )
+    if flapped:
+        penalty += d.penalty
+    suppressed = damping.suppressed
+    if penalty > d.suppress:
+        suppressed = True
+    elif suppressed and penalty < d.reuse:
+        suppressed = False
+    if flapped or suppressed != damping.suppressed or penalty != damping.penalty:
+        damping = DampingState(penalty, now, suppressed)
+    return replace(mem, damping=damping)
+
+
+def _reuse_at(mem: Memory, policy: Policy) -> float | None:
+    d = policy.damping
+    if not mem.damping.suppressed or mem.damping.penalty <= 0:
+        return None
+    return mem.damping.updated_at + d.half_life * math.log2(mem.damping.penalty / d.reuse)
+
+
+def _hold_med(
+    hold: MedHold, target: int, policy: Policy, now: float
+) -> tuple[MedHold, float | None]:
+    """Apply med_hold and min_update_interval; returns the hold and when to look again."""
+    if hold.sent is None:
+        return MedHold(sent=target, last_change=now), None
+    if target == hold.sent:
+        return (replace(hold, candidate=None) if hold.candidate is not None else hold), None
+    if hold.candidate != target:
+        hold = replace(hold, candidate=target, candidate_since=now)
+    ready_at = max(
+        hold.candidate_since + policy.med_hold_s, hold.last_change + policy.min_update_interval_s
+    )
+    if now >= ready_at:
+        return MedHold(sent=target, last_change=now), None
+    return hold, ready_at
+
+
+def _routes(
+    service: Service,
+    neighbors: tuple[Neighbor, ...],
+    attrs: RouteAttrs | None,
+    announce_neighbors: int | None = None,
+    announce_prefixes: int | None = None,
+) -> dict[RouteKey, RouteAttrs | None]:
+    wanted: dict[RouteKey, RouteAttrs | None] = {}
+    chosen_prefixes = set(service.prefixes[: announce_prefixes or len(service.prefixes)])
+    for n_index, neighbor in enumerate(neighbors):
+        for prefix in service.prefixes:
+            if Family.of(prefix) not in neighbor.families:
+                continue
+            on = (
+                attrs is not None
+                and (announce_neighbors is None or n_index < announce_neighbors)
+                and prefix in chosen_prefixes
+            )
+            wanted[RouteKey.of(neighbor.address, prefix)] = attrs if on else None
+    return wanted
+
+
+def evaluate(
+    service: Service,
+    policy: Policy,
+    neighbors: tuple[Neighbor, ...],
+    mem: Memory,
+    decision: Decision,
+    lost: int,
+    load: float | None,
+    intents: Intents,
+    now: float,
+    wall: float,
+) -> tuple[Memory, Outcome]:
+    """One decision step for one service. `now` is monotonic, `wall` is the wall clock."""
+    raw = decision.status
+    mem = _damp(mem, raw, policy, now)
+    if raw is not ServiceStatus.UNKNOWN and raw is not mem.last_raw:
+        transitions = mem.transitions + (mem.last_raw is not ServiceStatus.UNKNOWN)
+        mem = replace(mem, last_raw=raw, transitions=transitions)
+    penalty = mem.damping.decayed(now, policy.damping.half_life) if policy.damping.enabled else 0
+    communities = sort_communities(service.communities)
+    drain = intents.drain_of(service.name)
+    wakes: list[float] = []
+
+    def outcome(
+        mem: Memory,
+        phase: Phase,
+        reason: str,
+        stage: int,
+        med: int | None,
+        wanted: dict[RouteKey, RouteAttrs | None],
+    ) -> tuple[Memory, Outcome]:
+        reuse = _reuse_at(mem, policy)
+        all_wakes = [w for w in (*wakes, reuse) if w is not None]
+        return mem, Outcome(
+            phase, reason, stage, med, penalty, wanted, min(all_wakes, default=None)
+        )
+
+    withdrawn = _routes(service, neighbors, None)
+    if drain is not None:
+        mem = replace(mem, was_up=False, med=MedHold())
+        left = policy.drain_grace_s - (wall - drain.since)
+        why = f"drained by {drain.author}: {drain.reason}"
+        if left > 0 and raw is ServiceStatus.UNKNOWN:
+            wakes.append(now + left)
+            return outcome(mem, Phase.UNKNOWN, f"{why}; {decision.reason}", 0, None, {})
+        if left > 0 and raw is ServiceStatus.UP and not mem.damping.suppressed:
+            wakes.append(now + left)
+            attrs = RouteAttrs(
+                med=MED_DRAIN,
+                as_path=(policy.local_as,) * DRAIN_PATH_LENGTH,
+                communities=sort_communities((*communities, GRACEFUL_SHUTDOWN)),
+            )
+            return outcome(
+                mem,
+                Phase.DRAINING,
+                f"{why}; withdraw in {left:.0f}s",
+                100,
+                MED_DRAIN,
+                _routes(service, neighbors, attrs),
+            )
+        return outcome(mem, Phase.DRAINED, why, 0, None, withdrawn)
+
+    if raw is ServiceStatus.UNKNOWN:
+        # Nothing is sent until the state is known: ExaBGP keeps what it holds meanwhile.
+        return outcome(mem, Phase.UNKNOWN, decision.reason, 0, None, {})
+    if mem.damping.suppressed:
+        mem = replace(mem, was_up=False, med=MedHold())
+        return outcome(
+            mem,
+            Phase.SUPPRESSED,
+            f"flap damping: penalty {penalty:.0f} above reuse {policy.damping.reuse:g}",
+            0,
+            None,
+            withdrawn,
+        )
+    if raw is ServiceStatus.DOWN:
+        mem = replace(mem, was_up=False, med=MedHold())
+        if service.on_down is OnDown.DEPREFER:
+            attrs = RouteAttrs(med=service.med_down, communities=communities)
+            return outcome(
+                mem,
+                Phase.DOWN,
+                decision.reason,
+                100,
+                service.med_down,
+                _routes(service, neighbors, attrs),
+            )
+        return outcome(mem, Phase.DOWN, decision.reason, 0, None, withdrawn)
+
+    if not mem.was_up:
+        mem = replace(mem, was_up=True, stage=0, stage_since=now, ramp_held=False)
+    last = len(policy.stages) - 1
+    if mem.stage < last and not mem.ramp_held:
+        if now - mem.stage_since >= policy.stage_hold_s:
+            mem = replace(mem, stage=mem.stage + 1, stage_since=now)
+        if mem.stage < last:
+            wakes.append(mem.stage_since + policy.stage_hold_s)
+    stage = min(mem.stage, last)
+    percent = policy.stages[stage]
+
+    target = computed_med(service, policy, decision, lost, load)
+    hold, wake = _hold_med(mem.med, target, policy, now)
+    mem = replace(mem, med=hold)
+    if wake is not None:
+        wakes.append(wake)
+    assert hold.sent is not None
+    override = intents.meds.get(service.name)
+    med = override.med if override is not None else hold.sent
+
+    as_path: tuple[int, ...] = ()
+    route_communities = communities
+    n_neighbors = n_prefixes = None
+    if percent < 100:
+        match policy.ramp_mode:
+            case RampMode.NEIGHBORS:
+                n_neighbors = math.ceil(percent * len(neighbors) / 100)
+            case RampMode.PREFIXES:
+                n_prefixes = math.ceil(percent * len(service.prefixes) / 100)
+            case _:
+                as_path = (policy.local_as,) * (1 + extra_prepends(stage, policy.stages))
+                route_communities = sort_communities((*communities, GRACEFUL_SHUTDOWN))
+    attrs = RouteAttrs(med=med, as_path=as_path, communities=route_communities)
+    phase = Phase.UP if percent >= 100 else Phase.RAMPING
+    reason = decision.reason
+    if phase is Phase.RAMPING:
+        reason += f"; ramp {percent}% ({policy.ramp_mode.value})" + (
+            " held" if mem.ramp_held else ""
+        )
+    if override is not None:
+        reason += f"; MED {override.med} set by {override.author}: {override.reason}"
+    elif hold.candidate is not None:
+        reason += f"; MED {hold.candidate} pending (holding {hold.sent})"
+    wanted = _routes(service, neighbors, attrs, n_neighbors, n_prefixes)
+    return outcome(mem, phase, reason, percent, med, wanted)
+
+
+def adopt(
+    service: Service,
+    policy: Policy,
+    neighbors: tuple[Neighbor, ...],
+    held: dict[RouteKey, RouteAttrs],
+    now: float,
+) -> Memory:
+    """Memory for a service whose routes ExaBGP already holds (a respawn, not a first start).
+
+    The held stage and MED are taken as they are, so a respawn never restarts a ramp and a
+    MED change still has to hold for `med_hold` from now.
+    """
+    mine = {
+        k: a
+        for k, a in held.items()
+        if k.prefix in {str(p) for p in service.prefixes}
+        and k.neighbor in {str(n.address) for n in neighbors}
+    }
+    if not mine:
+        return Memory()
+    stages = policy.stages
+    last = len(stages) - 1
+    sample = next(iter(mine.values()))
+    stage = last
+    if sample.med == MED_DRAIN:
+        stage = last
+    elif policy.ramp_mode is RampMode.NEIGHBORS:
+        count = len({k.neighbor for k in mine})
+        stage = next(
+            (i for i, p in enumerate(stages) if math.ceil(p * len(neighbors) / 100) >= count), last
+        )
+    elif policy.ramp_mode is RampMode.PREFIXES:
+        count = len({k.prefix for k in mine})
+        stage = next(
+            (
+                i
+                for i, p in enumerate(stages)
+                if math.ceil(p * len(service.prefixes) / 100) >= count
+            ),
+            last,
+        )
+    elif sample.as_path:
+        extra = len(sample.as_path) - 1
+        stage = next((i for i in range(len(stages)) if extra_prepends(i, stages) <= extra), last)
+    med = MedHold() if sample.med == MED_DRAIN else MedHold(sent=sample.med, last_change=now)
+    return Memory(last_raw=ServiceStatus.UP, was_up=True, stage=stage, stage_since=now, med=med)

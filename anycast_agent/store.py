@@ -1,0 +1,88 @@
+"""Operator intents on disk (state_dir/state.json), written atomically with a previous copy kept."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from anycast_agent.core.intents import Drain, Intents, MedOverride
+from anycast_agent.state import atomic_write
+
+log = logging.getLogger(__name__)
+
+STATE = "state.json"
+PREVIOUS = "state.json.prev"
+FORMAT = 1
+
+
+class Unreadable(Exception):
+    """The state file and its previous copy exist but neither can be read."""
+
+
+def encode(intents: Intents) -> bytes:
+    data = {
+        "format": FORMAT,
+        "drains": [asdict(d) for d in intents.drains.values()],
+        "meds": [asdict(m) for m in intents.meds.values()],
+        "ramp_holds": sorted(intents.ramp_holds),
+    }
+    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def decode(raw: bytes) -> Intents:
+    data: Any = json.loads(raw)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"not an anycast-agent state file of format {FORMAT}")
+    drains = [Drain(**d) for d in data.get("drains", [])]
+    meds = [MedOverride(**m) for m in data.get("meds", [])]
+    holds = data.get("ramp_holds", [])
+    if not all(isinstance(h, str) for h in holds):
+        raise ValueError("ramp_holds must be service names")
+    return Intents(
+        drains={d.service: d for d in drains},
+        meds={m.service: m for m in meds},
+        ramp_holds=frozenset(holds),
+    )
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATE
+        self.previous = state_dir / PREVIOUS
+
+    def load(self) -> Intents:
+        """The persisted intents; none on first boot; Unreadable when no copy can be read."""
+        problems = []
+        for path in (self.path, self.previous):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror}")
+                continue
+            try:
+                intents = decode(raw)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{path}: {exc}")
+                continue
+            if problems:
+                log.error("state file unreadable, using the previous copy: %s", "; ".join(problems))
+            return intents
+        if problems:
+            raise Unreadable("; ".join(problems))
+        return Intents()
+
+    def save(self, intents: Intents) -> None:
+        """Keep the current file as the previous copy (if it reads), then write the new one."""
+        try:
+            current = self.path.read_bytes()
+            decode(current)
+        except (OSError, ValueError, TypeError):
+            pass
+        else:
+            atomic_write(self.previous, current)
+        atomic_write(self.path, encode(intents))
