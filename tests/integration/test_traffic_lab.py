@@ -1,7 +1,8 @@
-"""Traffic engineering proven at the upstream's RIB: MED tiers, ramps, drain, damping, state file."""
+"""Traffic engineering proven at the upstream's RIB: MED, ramps, drain, damping, state file."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -62,7 +63,7 @@ def test_med_follows_lost_capacity_and_load_after_med_hold(
     for lost, expected in ((1, 350), (2, 600)):
         agent.lab.edges[f"edge{lost}"].kill()
         changed = time.monotonic()
-        # Not before fall × interval + med_hold: the new tier must hold first.
+        # Not before fall x interval + med_hold: the new tier must hold first.
         assert_holds(
             lambda: meds(agent),
             lambda m: m != {expected},
@@ -103,7 +104,7 @@ def test_ramp_neighbors_1_2_4(pop_lab_factory: PopLabFactory, exabgp_version: st
             t0,
             f"{WEB} at {count} of 4 neighbors: {sorted(str(r.neighbor) for r in bird.route(WEB))}",
         )
-    gaps = [b[1] - a[1] for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b[1] - a[1] for a, b in itertools.pairwise(seen)]
     assert all(g > STAGE_HOLD_S * 0.8 for g in gaps), gaps
     assert len({r.protocol for r in bird.route(WEB)}) == 4
 
@@ -266,7 +267,7 @@ def test_corrupted_state_drains_everything_without_crash_loop(
     pid = agent.agent_pid()
     agent.wait_log("service web unknown -> drain")
     assert_holds(
-        lambda: agent.agent_pids(),
+        agent.agent_pids,
         lambda p: p == [pid],
         duration_s=1.5,
         what="the agent stays up (no crash loop)",
