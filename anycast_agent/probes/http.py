@@ -1,8 +1,10 @@
-"""The HTTP(S) probe: one request on a fresh connection, judged by status, body and load figure."""
+"""The HTTP(S) probe: one request per check, judged by status, body and load figure."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import json
 import math
 import re
@@ -16,14 +18,28 @@ from yarl import URL
 from anycast_agent.config import HttpCheck
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes.base import host_port, timeout_reason
+from anycast_agent.probes.http_lean import (
+    BadResponse,
+    ConnectError,
+    Connection,
+    ServerClosed,
+    build_request,
+)
 
 # Enough for a health page or a status document; a probe must never buffer a whole download.
 BODY_LIMIT = 64 * 1024
+USER_AGENT = "anycast-agent"
+# With keep-alive on, a fresh connection at least this often (see http_lean.Connection).
+KEEPALIVE_MAX_REUSES = 30
 
 
 class HttpProbe:
-    """GET or HEAD `check.url` through a shared session; nothing is allocated per check but the
-    request itself."""
+    """GET or HEAD `check.url`; nothing is allocated per check but the request itself.
+
+    A plain-HTTP URL whose host is an IP literal (the usual edge check) goes through the lean
+    client (`http_lean`), fresh connection per check unless `check.keepalive`; HTTPS and host
+    names go through the shared aiohttp session (always a fresh connection).
+    """
 
     __slots__ = (
         "_body_re",
@@ -31,6 +47,8 @@ class HttpProbe:
         "_expect_text",
         "_headers",
         "_json_path",
+        "_lean",
+        "_lean_request",
         "_load_header",
         "_method",
         "_read_body",
@@ -67,8 +85,30 @@ class HttpProbe:
         self._read_body = check.method == "GET" and (
             self._body_re is not None or self._json_path is not None
         )
+        self._lean: Connection | None = None
+        self._lean_request = b""
+        host = self._url.raw_host or ""
+        if self._url.scheme == "http" and _is_ip(host):
+            self._lean = Connection(
+                host,
+                self._url.port or 80,
+                keepalive=check.keepalive,
+                need_headers=self._load_header is not None,
+                body_limit=BODY_LIMIT,
+                max_reuses=KEEPALIVE_MAX_REUSES,
+            )
+            default_host = self._url.raw_authority  # what aiohttp sends: host[:port] as written
+            self._lean_request = build_request(
+                check.method,
+                self._url.raw_path_qs,
+                check.host if check.host is not None else default_host,
+                USER_AGENT,
+                check.keepalive,
+            )
 
     async def check(self) -> ProbeResult:
+        if self._lean is not None:
+            return await self._check_lean(self._lean)
         start = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -82,6 +122,48 @@ class HttpProbe:
         return ProbeResult(
             ok=not reason, latency_s=time.monotonic() - start, reason=reason, load=load
         )
+
+    async def _check_lean(self, conn: Connection) -> ProbeResult:
+        if self._session.closed:  # the factory that owns every HTTP probe has exited
+            conn.close()
+            raise RuntimeError("Session is closed")
+        start = time.monotonic()
+        load = None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                resp = await conn.exchange(
+                    self._lean_request, need_body=self._read_body, head_only=self._method == "HEAD"
+                )
+        except TimeoutError:
+            reason = timeout_reason(self._timeout_s)
+        except ConnectError as exc:
+            if exc.errno == errno.ECONNREFUSED:
+                reason = f"connect refused {self._where}"
+            else:
+                reason = f"connect to {self._where} failed: {exc.strerror or exc}"
+        except ServerClosed:
+            reason = f"{self._where} closed the connection without a response"
+        except BadResponse as exc:
+            reason = f"bad HTTP response from {self._where}: {exc}"
+        except OSError as exc:
+            reason = f"connection to {self._where} failed: {exc.strerror or exc}"
+        else:
+            reason = self._judge(resp.status, resp.body)
+            if not reason:
+                if self._load_header is not None:
+                    load = parse_load(resp.headers.get(self._load_header.lower()))
+                elif self._json_path is not None:
+                    load = json_load(resp.body, self._json_path)
+        return ProbeResult(
+            ok=not reason, latency_s=time.monotonic() - start, reason=reason, load=load
+        )
+
+    def _judge(self, status: int, body: bytes) -> str:
+        if status not in self._expect:
+            return f"status {status} not in {self._expect_text}"
+        if self._body_re is not None and not self._body_re.search(body.decode("utf-8", "replace")):
+            return f"body does not match /{_shorten(self._body_re.pattern)}/"
+        return ""
 
     async def _request(self) -> tuple[str, float | None]:
         async with self._session.request(
@@ -133,6 +215,14 @@ async def _read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
     while len(buf) < limit and (chunk := await content.read(limit - len(buf))):
         buf += chunk
     return bytes(buf)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_load(value: object) -> float | None:

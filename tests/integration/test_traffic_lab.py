@@ -66,7 +66,7 @@ def test_med_follows_lost_capacity_and_load_after_med_hold(
         # Not before fall x interval + med_hold: the new tier must hold first.
         assert_holds(
             lambda: meds(agent),
-            lambda m: m != {expected},
+            lambda m, e=expected: m != {e},
             duration_s=FALL * INTERVAL_S + hold * 0.8,
             what=f"MED {expected} held back",
         )
