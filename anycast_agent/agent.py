@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from anycast_agent import __version__
-from anycast_agent.config import AgentConfig, Service, Target, load_config
+from anycast_agent.config import AddressMode, AgentConfig, Service, Target, load_config
 from anycast_agent.core.commands import Announce, Command
 from anycast_agent.core.health import Health, observe
 from anycast_agent.core.intents import POP, Drain, Intents, MedOverride, RampAction
@@ -22,7 +22,15 @@ from anycast_agent.core.rib import Rib
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
 from anycast_agent.core.traffic import Memory, Outcome, Phase, adopt, evaluate
 from anycast_agent.errors import ConfigError, Conflict, RenderError, SpeakerError, UnknownService
-from anycast_agent.model import ProbeResult, TargetState
+from anycast_agent.model import ProbeResult, RouteAttrs, RouteKey, TargetState
+from anycast_agent.netlink.addresses import (
+    AddressError,
+    Addresses,
+    InterfaceNotFound,
+    vip_of,
+    withheld,
+)
+from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.schedule import run_schedule
 from anycast_agent.speaker.grammar import (
@@ -46,7 +54,7 @@ log = logging.getLogger("anycast_agent")
 # How long a route ExaBGP refused waits before it is sent again.
 REFUSED_RETRY_S = 30.0
 # The decision loop ticks at least this often, so progress (the watchdog's food) is visible.
-TICK_S = 1.0
+TICK_S = 0.25
 # Exit codes of `run` besides 0 and 2 (invalid config).
 EXIT_NO_ACKS = 3
 # Fault drill (docs/deploy.md): while this file exists the decision step stalls.
@@ -131,11 +139,30 @@ class Agent:
         self.started_at = wall()
         self.last_decide = clock()
         self.last_probe = clock()
-        self.on_ready: Callable[[], None] | None = None
+        self.notifier = Notifier.from_env(os.environ, stall_after_s=self._stall_after_s())
+        self.addresses = Addresses(config.addresses.interface)
+        self.withheld: set[str] = set()
         self._dirty = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._probes: ProbeFactory | None = None
         self._reload_lock = asyncio.Lock()
+
+    def _stall_after_s(self) -> float | None:
+        """How stale progress may get before the watchdog pings stop: never below the longest
+        probe period, so a slow but healthy probe schedule is not mistaken for a hang."""
+        watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0") or 0) / 1e6
+        if watchdog_s <= 0:
+            return None
+        longest = (
+            max(
+                (self.config.interval_s(t) + self.config.timeout_s(t))
+                for svc in self.config.services
+                for t in svc.targets
+            )
+            if any(svc.targets for svc in self.config.services)
+            else 0.0
+        )
+        return max(watchdog_s, longest + TICK_S)
 
     def _runtime(self, svc: Service, t: Target) -> TargetRuntime:
         c = self.config
@@ -159,6 +186,9 @@ class Agent:
                     for rt in runtimes:
                         self._start_probe(rt)
                 tasks.append(tg.create_task(self._decide_forever(), name="decide"))
+                tasks.append(
+                    tg.create_task(self.notifier.watchdog_loop(self.progress), name="watchdog")
+                )
             else:
                 code = EXIT_NO_ACKS
                 stop.set()
@@ -170,6 +200,8 @@ class Agent:
                     if rt.task is not None:
                         rt.task.cancel()
         self._tg = self._probes = None
+        self.notifier.stopping()
+        self.notifier.close()
         log.info("agent stopped (routes stay as they are in ExaBGP)")
         return code
 
@@ -356,15 +388,65 @@ class Agent:
             wanted.update(outcome.wanted)
             for p in svc.prefixes:
                 causes[str(p)] = f"service {svc.name} {outcome.phase.value}: {outcome.reason}"
+        await self._gate_vips(wanted, causes)
         configured = {str(p) for svc in self.config.services for p in svc.prefixes}
         for command in self.rib.plan(wanted, configured, now, causes):
+            await self._vip_before(command)
             await self._send(command)
+            await self._vip_after(command)
         self.last_decide = self.clock()
         if not self.ready and all(o.phase is not Phase.UNKNOWN for o in self.outcomes.values()):
             self.ready = True
             log.info("ready: every service decided")
-            if self.on_ready is not None:
-                self.on_ready()
+            self.notifier.ready()
+
+    async def _gate_vips(
+        self, wanted: dict[RouteKey, RouteAttrs | None], causes: dict[str, str]
+    ) -> None:
+        """`addresses.mode: check`: a prefix whose address is missing is treated as down."""
+        if self.config.addresses.mode is not AddressMode.CHECK:
+            return
+        prefixes = [p for svc in self.config.services for p in svc.prefixes]
+        try:
+            missing = {str(p) for p in withheld(prefixes, await self.addresses.present())}
+        except (InterfaceNotFound, AddressError) as exc:
+            log.error("VIP check: %s: every prefix is withheld", exc)
+            missing = {str(p) for p in prefixes}
+        if missing != self.withheld:
+            log.warning(
+                "VIP check on %s: withholding %s",
+                self.config.addresses.interface,
+                ", ".join(sorted(missing)) or "nothing",
+            )
+            self.withheld = missing
+        for key in wanted:
+            if key.prefix in missing:
+                wanted[key] = None
+                causes[key.prefix] = (
+                    f"address of {key.prefix} missing on {self.config.addresses.interface}"
+                )
+
+    async def _vip_before(self, command: Command) -> None:
+        if self.config.addresses.mode is AddressMode.MANAGE and isinstance(command, Announce):
+            try:
+                if await self.addresses.add(vip_of(command.key.prefix)):
+                    log.info("VIP %s added on %s", command.key.prefix, self.addresses.interface)
+            except (InterfaceNotFound, AddressError) as exc:
+                log.error("%s", exc)
+
+    async def _vip_after(self, command: Command) -> None:
+        a = self.config.addresses
+        if a.mode is not AddressMode.MANAGE or not a.remove_on_withdraw:
+            return
+        if isinstance(command, Announce) or any(
+            k.prefix == command.key.prefix for k in self.rib.held
+        ):
+            return  # still announced to another neighbor
+        try:
+            if await self.addresses.remove(vip_of(command.key.prefix)):
+                log.info("VIP %s removed from %s", command.key.prefix, a.interface)
+        except (InterfaceNotFound, AddressError) as exc:
+            log.error("%s", exc)
 
     def _expire(self, wall: float) -> Intents:
         intents = self.intents.expire(wall)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from anycast_agent import __version__, logs
+from anycast_agent import __version__, logs, supervise
 from anycast_agent.agent import Agent, DryRunSpeaker, config_bytes
 from anycast_agent.config import ENV_PREFIX, AgentConfig, load_config
 from anycast_agent.errors import ConfigError
@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with every error")
     check.add_argument("config", type=Path)
 
+    sup = sub.add_parser(
+        "supervise",
+        help="run ExaBGP under a watchdog (for containers and labs without systemd)",
+        add_help=False,
+    )
+    sup.add_argument("args", nargs=argparse.REMAINDER, help="see `anycast-agent supervise --help`")
+
     render = sub.add_parser("render", help="write configuration for other programs")
     render_sub = render.add_subparsers(dest="what", required=True)
     exa = render_sub.add_parser("exabgp", help="an exabgp.conf running this agent for CONFIG")
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return check_config(args.config)
         case "render":
             return render(args)
+        case "supervise":
+            return supervise.main(args.args)
         case "run":
             logs.setup(args.log_level)
             return run(args.config, dry_run=args.dry_run, state_dir=args.state_dir)

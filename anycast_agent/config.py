@@ -198,8 +198,12 @@ class Control(Strict):
 
 
 class Addresses(Strict):
+    """The VIP gate: `check` withholds a prefix whose address is missing on `interface`;
+    `manage` adds the address before announcing (and removes it on withdraw if asked)."""
+
     mode: AddressMode = AddressMode.OFF
-    interface: str = "lo"
+    interface: str = Field(default="lo", pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
+    remove_on_withdraw: bool = False
 
 
 class Timing(Strict):

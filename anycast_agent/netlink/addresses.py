@@ -1,0 +1,151 @@
+"""VIP addresses on the PoP's interface (DESIGN §3.3 `addresses.mode`); the only pyroute2 importer.
+
+`check` asks `present()` before announcing; `manage` calls `add()` before an announce and
+`remove()` after a withdraw. Every call opens its own netlink socket (~2 ms) in a worker
+thread: calls are rare (service transitions, one listing per decision step) and a socket per
+call never shares pyroute2 state between threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from pyroute2 import IPRoute, NetlinkError
+
+from anycast_agent.errors import AgentError
+
+Vip = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# IFA_F_NODAD: an anycast address is the same on every PoP by design; duplicate address
+# detection would hold it tentative (unusable) for ~1-2 s, or forever on a DAD "conflict".
+IFA_F_NODAD = 0x02
+
+
+class InterfaceNotFound(AgentError):
+    """`addresses.interface` names no interface (in this network namespace)."""
+
+    def __init__(self, interface: str) -> None:
+        self.interface = interface
+        super().__init__(f"addresses.interface {interface!r}: no such interface")
+
+
+class AddressError(AgentError):
+    """The kernel refused an address change; carries the operation, address and interface."""
+
+    def __init__(self, action: str, vip: Vip, interface: str, reason: str) -> None:
+        self.action = action
+        self.vip = vip
+        self.interface = interface
+        super().__init__(f"cannot {action} {vip} on {interface}: {reason}")
+
+
+def vip_of(prefix: Prefix | str) -> Vip:
+    """The address a prefix stands for: its network address with its prefix length
+    (192.0.2.10/32 → 192.0.2.10/32, 2001:db8::10/128 → 2001:db8::10/128)."""
+    net = ipaddress.ip_network(prefix, strict=False)
+    return ipaddress.ip_interface(f"{net.network_address}/{net.prefixlen}")
+
+
+def withheld(prefixes: Iterable[Prefix], present: Iterable[Vip]) -> set[Prefix]:
+    """The prefixes whose address is missing (`check` mode treats them as down); an address
+    counts whatever prefix length it was configured with."""
+    addresses = {v.ip for v in present}
+    return {p for p in prefixes if p.network_address not in addresses}
+
+
+class Addresses:
+    """Addresses on one interface, optionally inside a named network namespace (tests)."""
+
+    def __init__(self, interface: str, *, netns: str | None = None) -> None:
+        self.interface = interface
+        self.netns = netns
+
+    # -- asyncio API (what the agent awaits) -----------------------------------------------------
+
+    async def present(self, interface: str | None = None) -> set[Vip]:
+        return await asyncio.to_thread(self.present_sync, interface)
+
+    async def has(self, address: Vip | Prefix | str) -> bool:
+        return await asyncio.to_thread(self.has_sync, address)
+
+    async def add(self, address: Vip | Prefix | str) -> bool:
+        """Add the VIP; returns False if it was already there."""
+        return await asyncio.to_thread(self.add_sync, address)
+
+    async def remove(self, address: Vip | Prefix | str) -> bool:
+        """Remove the VIP; returns False if it was not there."""
+        return await asyncio.to_thread(self.remove_sync, address)
+
+    # -- the blocking calls ----------------------------------------------------------------------
+
+    def present_sync(self, interface: str | None = None) -> set[Vip]:
+        name = interface or self.interface
+        with self._ipr() as ipr:
+            index = _index(ipr, name)
+            found: set[Vip] = set()
+            for msg in ipr.get_addr(index=index):
+                address = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+                if address:
+                    found.add(ipaddress.ip_interface(f"{address}/{msg['prefixlen']}"))
+            return found
+
+    def has_sync(self, address: Vip | Prefix | str) -> bool:
+        vip = _vip(address)
+        return any(v.ip == vip.ip for v in self.present_sync())
+
+    def add_sync(self, address: Vip | Prefix | str) -> bool:
+        vip = _vip(address)
+        extra: dict[str, Any] = {"flags": IFA_F_NODAD} if vip.version == 6 else {}
+        with self._ipr() as ipr:
+            index = _index(ipr, self.interface)
+            try:
+                ipr.addr(
+                    "add",
+                    index=index,
+                    address=str(vip.ip),
+                    prefixlen=vip.network.prefixlen,
+                    **extra,
+                )
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    return False
+                raise AddressError("add", vip, self.interface, _reason(exc)) from exc
+        return True
+
+    def remove_sync(self, address: Vip | Prefix | str) -> bool:
+        vip = _vip(address)
+        with self._ipr() as ipr:
+            index = _index(ipr, self.interface)
+            try:
+                ipr.addr("del", index=index, address=str(vip.ip), prefixlen=vip.network.prefixlen)
+            except NetlinkError as exc:
+                if exc.code == errno.EADDRNOTAVAIL:
+                    return False
+                raise AddressError("remove", vip, self.interface, _reason(exc)) from exc
+        return True
+
+    def _ipr(self) -> Any:
+        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+
+
+def _vip(address: Vip | Prefix | str) -> Vip:
+    if isinstance(address, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return address
+    return vip_of(address)
+
+
+def _index(ipr: Any, interface: str) -> int:
+    found = ipr.link_lookup(ifname=interface)
+    if not found:
+        raise InterfaceNotFound(interface)
+    index: int = found[0]
+    return index
+
+
+def _reason(exc: NetlinkError) -> str:
+    return f"{errno.errorcode.get(exc.code, exc.code)} ({exc.code}): {exc}"
