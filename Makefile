@@ -8,7 +8,7 @@ EXABGP_42 ?= 4.2.25
 VENV := .venv
 VENV42 := .venv-exabgp42
 PY := $(VENV)/bin/python
-APT_PACKAGES := bird2 iproute2 nftables procps
+APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd
 
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
@@ -17,13 +17,19 @@ export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
 all: test
 
-# System packages (BIRD 2 is the upstream router of the lab). Needs root, as the lab does.
+# System packages: BIRD 2 (the lab's upstream), systemd-analyze, setpriv, promtool, and nginx,
+# curl and GoBGP for the benchmarks. Needs root, as the lab does. While installing, a
+# policy-rc.d keeps the packages' daemons (nginx, prometheus) from starting.
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; guard=1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  rc=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
 $(VENV)/.stamp: pyproject.toml

@@ -603,6 +603,18 @@ class Agent:
             except ConfigError as exc:
                 log.error("reload refused, keeping the running config: %s", exc)
                 return exc.problems
+            fixed = [
+                f"{key}: changed, but it cannot change while running ({why})"
+                for key, why in (
+                    ("bgp", "ExaBGP's sessions come from it: render exabgp, drain, restart"),
+                    ("state_dir", "restart the agent"),
+                    ("control", "restart the agent"),
+                )
+                if getattr(new, key) != getattr(self.config, key)
+            ]
+            if fixed:
+                log.error("reload refused, keeping the running config: %s", "; ".join(fixed))
+                return fixed
             self._swap(new)
             self.config_text = self.config_path.read_bytes()
             self.fallback = False

@@ -276,3 +276,42 @@ def test_invalid_config_falls_back_to_last_good(tmp_path: Path, fake: list[FakeE
     f2.wait_exit(3.0)
     err = f2.stderr()
     assert "not-a-prefix" in err and "running the last-good config" in err
+
+
+def test_sighup_reload_applies_a_valid_config_and_refuses_a_broken_one(
+    tmp_path: Path, fake: list[FakeExabgp]
+) -> None:
+    cfg = agent_config(tmp_path)
+    path = write(tmp_path, cfg)
+    f = FakeExabgp(path)
+    fake.append(f)
+    f.serve_until("announce route 192.0.2.10/32")
+    # A broken config: refused, nothing sent, the running config stays.
+    path.write_text(yaml.safe_dump(agent_config(tmp_path, prefixes=["192.0.2.999/32"])))
+    f.proc.send_signal(signal.SIGHUP)
+    assert f.read_line(1.5) is None
+    # A valid config adding a service: it is announced once its target is up.
+    services = cfg["services"]
+    assert isinstance(services, list)
+    services.append(
+        {
+            "name": "api",
+            "prefixes": ["192.0.2.20/32"],
+            "targets": [{"name": "ok", "exec": {"argv": ["/bin/true"]}}],
+            "ramp": {"stages": [100]},
+        }
+    )
+    path.write_text(yaml.safe_dump(cfg))
+    f.proc.send_signal(signal.SIGHUP)
+    f.serve_until("announce route 192.0.2.20/32")
+    # Removing it again withdraws it; the other service is left alone.
+    services.pop()
+    path.write_text(yaml.safe_dump(cfg))
+    f.proc.send_signal(signal.SIGHUP)
+    f.serve_until("withdraw route 192.0.2.20/32")
+    assert f.read_line(1.0) is None
+    f.proc.terminate()
+    f.wait_exit(3.0)
+    err = f.stderr()
+    assert "reload refused, keeping the running config" in err and "192.0.2.999/32" in err
+    assert not any("192.0.2.10/32" in line for line in f.lines[3:])

@@ -1,0 +1,56 @@
+"""The state file: atomic writes, the previous copy, and the unreadable-state rule (DESIGN §7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anycast_agent.core.intents import POP, Drain, Intents, MedOverride
+from anycast_agent.store import Store, Unreadable, decode, encode
+
+INTENTS = Intents(
+    drains={POP: Drain(POP, "maintenance", "op", since=1.0, expires=99.0)},
+    meds={"web": MedOverride("web", 500, "rebalance", "op", since=2.0)},
+    ramp_holds=frozenset({"web"}),
+)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.load() == Intents()  # first boot: no file, no intents
+    store.save(INTENTS)
+    assert Store(tmp_path).load() == INTENTS
+    assert decode(encode(INTENTS)) == INTENTS
+
+
+def test_previous_copy_kept_and_used_when_current_is_corrupt(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save(INTENTS)
+    store.save(Intents())
+    assert decode((tmp_path / "state.json.prev").read_bytes()) == INTENTS
+    (tmp_path / "state.json").write_text("{ truncated")
+    assert store.load() == INTENTS
+
+
+def test_both_unreadable_raises(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{ truncated")
+    (tmp_path / "state.json.prev").write_bytes(b"\x00\xff")
+    with pytest.raises(Unreadable, match=r"state\.json"):
+        Store(tmp_path).load()
+
+
+def test_only_corrupt_current_and_no_previous_is_unreadable(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"format": 99}')
+    with pytest.raises(Unreadable, match="format"):
+        Store(tmp_path).load()
+
+
+def test_a_corrupt_current_is_not_kept_as_previous(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save(INTENTS)
+    store.save(INTENTS)  # now state.json.prev holds INTENTS too
+    (tmp_path / "state.json").write_text("garbage")
+    store.save(Intents())
+    assert decode((tmp_path / "state.json.prev").read_bytes()) == INTENTS
+    assert not list(tmp_path.glob(".state.json.*"))  # no temp file left behind
