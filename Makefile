@@ -13,7 +13,7 @@ APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus ngi
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit integration demo clean
+.PHONY: all deps venv lint test unit demo bench clean
 
 all: test
 
@@ -46,8 +46,8 @@ $(VENV42)/.stamp:
 venv: $(VENV)/.stamp $(VENV42)/.stamp
 
 lint: $(VENV)/.stamp
-	$(VENV)/bin/ruff format --check anycast_agent tests
-	$(VENV)/bin/ruff check anycast_agent tests
+	$(VENV)/bin/ruff format --check anycast_agent tests bench
+	$(VENV)/bin/ruff check anycast_agent tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -59,6 +59,10 @@ test: deps venv lint
 
 demo: deps venv
 	$(PY) -m tests.lab.demo
+
+# Benchmarks print their figures and the exact command; they are never pass/fail tests.
+bench: deps venv
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -207,11 +208,22 @@ class Agent:
 
     def _start_probe(self, rt: TargetRuntime) -> None:
         assert self._tg is not None and self._probes is not None
-        probe = self._probes.build(rt.target.check, rt.timeout_s)
-        rt.task = self._tg.create_task(
-            run_schedule(probe, rt.interval_s, self._on_result(rt), on_skip=self._on_skip(rt)),
-            name=f"probe:{rt.label}",
-        )
+        rt.task = self._tg.create_task(self._probe_forever(rt), name=f"probe:{rt.label}")
+
+    async def _probe_forever(self, rt: TargetRuntime) -> None:
+        assert self._probes is not None
+        probes = self._probes
+        probe = probes.build(rt.target.check, rt.timeout_s)
+        try:
+            await run_schedule(
+                probe,
+                rt.interval_s,
+                self._on_result(rt),
+                on_skip=self._on_skip(rt),
+                phase_s=random.uniform(0, rt.interval_s * 0.999),
+            )
+        finally:
+            probes.release(probe)
 
     def _load_intents(self) -> None:
         try:

@@ -35,6 +35,7 @@ class ProbeFactory:
         self._verifying: ssl.SSLContext | None = None
         self._unverified: ssl.SSLContext | None = None
         self._exec_env: dict[str, str] | None = None
+        self._http: set[HttpProbe] = set()  # may hold kept-alive sockets: closed on release/exit
         self._exec_prefix: tuple[str, ...] = ()
 
     async def __aenter__(self) -> Self:
@@ -54,9 +55,18 @@ class ProbeFactory:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        for probe in self._http:
+            probe.close()
+        self._http.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def release(self, probe: Probe) -> None:
+        """A probe that will not run again (its target was reloaded away): free its sockets."""
+        if isinstance(probe, HttpProbe) and probe in self._http:
+            self._http.discard(probe)
+            probe.close()
 
     def build(self, check: HttpCheck | TcpCheck | ExecCheck | DnsCheck, timeout_s: float) -> Probe:
         """One probe for one check; raises ValueError for a check no probe can run."""
@@ -66,7 +76,9 @@ class ProbeFactory:
             case HttpCheck():
                 if self._session is None:
                     raise RuntimeError("ProbeFactory.build() called outside `async with`")
-                return HttpProbe(check, timeout_s, self._session, self._tls(check))
+                probe = HttpProbe(check, timeout_s, self._session, self._tls(check))
+                self._http.add(probe)
+                return probe
             case TcpCheck():
                 return TcpProbe(check, timeout_s)
             case ExecCheck():

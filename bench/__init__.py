@@ -1,0 +1,1 @@
+"""Benchmarks of anycast-agent beside ExaBGP's healthcheck: `python -m bench` (`make bench`)."""

@@ -1,0 +1,116 @@
+"""`python -m bench`: run every bench, write bench/results/<date>.json, print the tables."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.control_plane import run_control_plane
+from bench.detection import run_detection
+from bench.probe_scale import ScalePlan, run_probe_scale
+from bench.procstat import machine
+from bench.report import markdown, performance_doc, ratio, targets, versions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--sizes", type=_sizes, default=(100, 500, 2000))
+    p.add_argument("--modes", default="fresh,keepalive")
+    p.add_argument("--baseline-sizes", type=_sizes, default=(100,))
+    p.add_argument("--warmup", type=float, default=4.0)
+    p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--baseline-warmup", type=float, default=15.0)
+    p.add_argument("--phase-spread", action="store_true", help="experiment: see agent_proc")
+    p.add_argument("--skip-detection", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="N=20 for a few seconds (CI)")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
+    p.add_argument("--python", default=sys.executable, help="interpreter with the agent")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the bench needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if args.smoke:
+        args.sizes, args.baseline_sizes = (20,), (20,)
+        args.warmup, args.window, args.baseline_warmup = 1.0, 3.0, 2.0
+        args.skip_detection = True
+    plan = ScalePlan(
+        sizes=args.sizes,
+        modes=tuple(m for m in args.modes.split(",") if m),
+        baseline_sizes=args.baseline_sizes,
+        warmup_s=args.warmup,
+        window_s=args.window,
+        baseline_warmup_s=args.baseline_warmup,
+        python=args.python,
+        phase_spread=args.phase_spread,
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    work = Path(tempfile.mkdtemp(prefix="aab-bench-"))
+    try:
+        result = run_all(args, plan, work, now)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = markdown(result)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{now:%Y-%m-%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    print(f"\nresults: {out}")
+    if not args.smoke:
+        rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+        args.docs.write_text(performance_doc(result, table, str(rel)))
+        print(f"updated: {args.docs}")
+    return 0
+
+
+def run_all(
+    args: argparse.Namespace, plan: ScalePlan, work: Path, now: datetime.datetime
+) -> dict[str, Any]:
+    print(f"probe scale: sizes {plan.sizes}, modes {plan.modes}, baseline {plan.baseline_sizes}")
+    rows = run_probe_scale(work, plan)
+    ratio_n = plan.baseline_sizes[0] if plan.baseline_sizes else 0
+    ratios = ratio(rows, ratio_n)
+    big = max(plan.sizes)
+    detection: dict[str, Any] = (
+        {"skipped": "not requested (--skip-detection or --smoke)"}
+        if args.skip_detection
+        else run_detection(work, big, args.python)
+    )
+    control = run_control_plane(work, big, args.python, plan.warmup_s)
+    return {
+        "date": now.isoformat(timespec="seconds"),
+        "command": "python -m bench " + shlex.join(sys.argv[1:]),
+        "machine": machine(),
+        "versions": versions(args.python),
+        "plan": {
+            "sizes": list(plan.sizes),
+            "modes": list(plan.modes),
+            "baseline_sizes": list(plan.baseline_sizes),
+            "warmup_s": plan.warmup_s,
+            "window_s": plan.window_s,
+            "phase_spread": plan.phase_spread,
+        },
+        "probe_scale": rows,
+        "ratios": ratios,
+        "targets": targets(rows, (ratios.get("fresh") and ratios) or {}, big),
+        "detection": detection,
+        "control_plane": control,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The agent as `anycast-agent run --dry-run` runs it, plus a probe-clock recorder (bench only).
+
+Started inside the bench namespace by `bench.probe_scale`. The only difference from the CLI
+is that each target's schedule is wrapped to note when every probe was due and when it
+started (two clock reads per probe), and the run ends itself after `--warmup` + `--window`
+seconds, writing what it measured over the window to `--out` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anycast_agent.agent as agent_module
+from anycast_agent import logs
+from anycast_agent.agent import Agent, DryRunSpeaker
+from anycast_agent.config import load_config
+from anycast_agent.model import ProbeResult
+from anycast_agent.probes.base import Probe
+from anycast_agent.probes.schedule import run_schedule
+
+
+@dataclass
+class Recorder:
+    """Probe-clock facts over the measuring window (nothing is kept before it opens)."""
+
+    open: bool = False
+    lateness_s: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    started: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def result(self, result: ProbeResult) -> None:
+        if not self.open:
+            return
+        self.latency_s.append(result.latency_s)
+        if result.ok:
+            self.ok += 1
+        else:
+            self.failed += 1
+            key = result.reason.split(" [", 1)[0][:80]
+            self.reasons[key] = self.reasons.get(key, 0) + 1
+
+    def skip(self, slots: int) -> None:
+        if self.open:
+            self.skipped += slots
+
+
+RECORDER = Recorder()
+# `--phase-spread`: start each target's grid at a random phase of its interval instead of all at
+# once (an experiment for the scheduler, labelled `+spread` in the report; off by default).
+PHASE_SPREAD = False
+_phases = random.Random(7)
+
+
+class _TimedProbe:
+    __slots__ = ("due", "inner")
+
+    def __init__(self, inner: Probe) -> None:
+        self.inner = inner
+        self.due: float | None = None
+
+    async def check(self) -> ProbeResult:
+        if self.due is not None and RECORDER.open:
+            RECORDER.lateness_s.append(time.monotonic() - self.due)
+            RECORDER.started += 1
+        elif RECORDER.open:
+            RECORDER.started += 1
+        return await self.inner.check()
+
+
+def recording_schedule(
+    probe: Probe, interval_s: float, on_result: Callable[[ProbeResult], None], **kw: Any
+) -> Awaitable[None]:
+    timed = _TimedProbe(probe)
+
+    async def sleep(delay_s: float) -> None:
+        timed.due = time.monotonic() + delay_s
+        await asyncio.sleep(delay_s)
+
+    def on_both(result: ProbeResult) -> None:
+        RECORDER.result(result)
+        on_result(result)
+
+    agent_on_skip: Callable[[int], None] | None = kw.pop("on_skip", None)
+
+    def on_skip(slots: int) -> None:
+        RECORDER.skip(slots)
+        if agent_on_skip is not None:
+            agent_on_skip(slots)
+
+    schedule = run_schedule(timed, interval_s, on_both, sleep=sleep, on_skip=on_skip, **kw)
+    if not PHASE_SPREAD:
+        return schedule
+    phase_s = _phases.random() * interval_s
+
+    async def spread() -> None:
+        await asyncio.sleep(phase_s)
+        await schedule
+
+    return spread()
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def _main(config_path: Path, warmup_s: float, window_s: float) -> dict[str, object]:
+    config = load_config(config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config, DryRunSpeaker(lambda line: print(line, flush=True)))
+    measured: dict[str, object] = {}
+
+    async def measure() -> None:
+        await asyncio.sleep(warmup_s)
+        RECORDER.open = True
+        cpu0, t0 = _cpu_s(), time.monotonic()
+        await asyncio.sleep(window_s)
+        cpu1, t1 = _cpu_s(), time.monotonic()
+        RECORDER.open = False
+        measured.update(cpu_s=cpu1 - cpu0, wall_s=t1 - t0)
+        stop.set()
+
+    task = asyncio.create_task(measure(), name="bench:measure")
+    code = await agent.run(stop)
+    task.cancel()
+    measured.update(
+        started=RECORDER.started,
+        ok=RECORDER.ok,
+        failed=RECORDER.failed,
+        skipped=RECORDER.skipped,
+        reasons=RECORDER.reasons,
+        lateness_s=RECORDER.lateness_s,
+        latency_s=RECORDER.latency_s,
+        exit_code=code,
+    )
+    return measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--phase-spread", action="store_true")
+    args = p.parse_args(argv)
+    logs.setup(args.log_level)
+    global PHASE_SPREAD  # noqa: PLW0603 - set once, before the loop starts
+    PHASE_SPREAD = args.phase_spread
+    agent_module.run_schedule = recording_schedule  # type: ignore[assignment]
+    measured = asyncio.run(_main(args.config, args.warmup, args.window))
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    measured.update(
+        rss_hwm_kib=int(status["VmHWM"].split()[0]), rss_kib=int(status["VmRSS"].split()[0])
+    )
+    args.out.write_text(json.dumps(measured))
+    return int(str(measured["exit_code"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

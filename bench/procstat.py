@@ -1,0 +1,61 @@
+"""CPU time and memory of a process read from /proc (children it reaped included)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    cpu_s: float  # user + system, own and reaped children's
+    rss_kib: int  # resident now
+    hwm_kib: int  # peak resident
+
+
+def usage(pid: int) -> Usage:
+    """Raises FileNotFoundError once the process is gone."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return Usage(
+        cpu_s=(utime + stime + cutime + cstime) / TICKS_PER_S,
+        rss_kib=int(status.get("VmRSS", "0 kB").split()[0]),
+        hwm_kib=int(status.get("VmHWM", "0 kB").split()[0]),
+    )
+
+
+def mem_available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def machine() -> dict[str, object]:
+    """Cores and CPU model, for the report."""
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": os.uname().release,
+        "mem_total_mib": _meminfo("MemTotal") // 1024,
+    }
+
+
+def _meminfo(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0

@@ -1,0 +1,175 @@
+"""Results: the JSON document, the markdown tables, and docs/performance.md, all from one run."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+COLUMNS = (
+    ("engine", "engine"),
+    ("mode", "mode"),
+    ("n", "N"),
+    ("probes_per_s", "probes/s"),
+    ("cpu_ms_per_probe", "CPU ms/probe"),
+    ("cpu_pct_one_core", "CPU % of 1 core"),
+    ("rss_mib", "RSS MiB"),
+    ("jitter_p50_ms", "jitter p50 ms"),
+    ("jitter_p99_ms", "jitter p99 ms"),
+    ("missed_slots", "missed slots"),
+    ("failed", "failed probes"),
+)
+
+
+def versions(python: str) -> dict[str, str]:
+    def first_line(argv: Sequence[str]) -> str:
+        try:
+            out = subprocess.run(
+                list(argv), capture_output=True, text=True, timeout=10, check=False
+            )
+        except OSError:
+            return "not installed"
+        return (
+            (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+        )
+
+    found: dict[str, str] = {"python": platform.python_version()}
+    for dist in ("anycast-agent", "exabgp", "aiohttp"):
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    if found["anycast-agent"] == "not installed":
+        import anycast_agent  # noqa: PLC0415 - only when the dist is not installed
+
+        found["anycast-agent"] = f"{anycast_agent.__version__} (source tree)"
+    found["nginx"] = first_line(["nginx", "-v"])
+    found["curl"] = first_line(["curl", "--version"])
+    found["kernel"] = platform.release()
+    found["interpreter"] = python
+    return found
+
+
+def ratio(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Baseline CPU per probe over the agent's, per mode, at size n (same run, side by side)."""
+    base = _row(rows, "exabgp-healthcheck", "curl", n)
+    out: dict[str, Any] = {"n": n}
+    if base is None or not base.get("cpu_ms_per_probe"):
+        out["note"] = "no baseline row at this size"
+        return out
+    for mode in ("fresh", "keepalive"):
+        agent = _row(rows, "anycast-agent", mode, n)
+        if agent is not None and agent.get("cpu_ms_per_probe"):
+            out[mode] = round(base["cpu_ms_per_probe"] / agent["cpu_ms_per_probe"], 1)
+    return out
+
+
+def targets(
+    rows: Sequence[dict[str, Any]], ratios: dict[str, Any], big: int
+) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured figure and whether it holds."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, limit: str, ok: bool | None) -> None:
+        checks.append({"target": name, "measured": value, "limit": limit, "holds": ok})
+
+    fresh_ratio = ratios.get("fresh")
+    add("fresh CPU/probe vs healthcheck", fresh_ratio, "≥ 20x",
+        None if fresh_ratio is None else fresh_ratio >= 20)  # fmt: skip
+    for mode, limit in (("fresh", 60.0), ("keepalive", 30.0)):
+        row = _row(rows, "anycast-agent", mode, big)
+        if row is None:
+            continue
+        add(f"{mode} N={big} CPU % of one core", row["cpu_pct_one_core"], f"< {limit:g}",
+            row["cpu_pct_one_core"] < limit)  # fmt: skip
+        add(f"{mode} N={big} jitter p99 ms", row["jitter_p99_ms"], "< 50",
+            row["jitter_p99_ms"] is not None and row["jitter_p99_ms"] < 50)  # fmt: skip
+        add(f"{mode} N={big} missed slots", row["missed_slots"], "0", row["missed_slots"] == 0)
+        add(f"{mode} N={big} RSS MiB", row["rss_mib"], "< 80", row["rss_mib"] < 80)
+    return checks
+
+
+def _row(rows: Sequence[dict[str, Any]], engine: str, mode: str, n: int) -> dict[str, Any] | None:
+    for row in rows:
+        if row.get("engine") == engine and row.get("mode") == mode and row.get("n") == n:
+            return row
+    return None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for row in result["probe_scale"]:
+        if "skipped" in row:
+            lines.append(f"| {row['engine']} | {row['mode']} | {row['n']} | skipped: "
+                         f"{row['skipped']} |")  # fmt: skip
+            continue
+        lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in COLUMNS) + " |")
+    ratios = result["ratios"]
+    figures = ", ".join(f"{k} {v}x" for k, v in ratios.items() if k not in ("n", "note"))
+    lines += [
+        "",
+        f"Healthcheck CPU per probe / agent's, N={ratios['n']} (same run): "
+        + (figures or ratios.get("note", "-")),
+    ]
+    if result["targets"]:
+        lines += ["", "| target | measured | limit | holds |", "|---|---|---|---|"]
+        for t in result["targets"]:
+            holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
+            lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
+    for part in ("detection", "control_plane"):
+        section = result[part]
+        if "skipped" in section:
+            lines += ["", f"{part.replace('_', '-')} bench skipped: {section['skipped']}"]
+        else:
+            lines += ["", f"{part.replace('_', '-')}: `{section}`"]
+    return "\n".join(lines)
+
+
+def performance_doc(result: dict[str, Any], table: str, results_file: str) -> str:
+    m, v = result["machine"], result["versions"]
+    return f"""# Performance
+
+Generated by `make bench` (`{result["command"]}`) on {result["date"]}; the figures below are
+copied by the bench from that run ({results_file}) and never edited by hand. Re-run to update.
+
+## Machine and versions
+- {m["cores"]} cores, {m["cpu_model"]}, {m["mem_total_mib"]} MiB, kernel {m["kernel"]}
+- Python {v["python"]}, anycast-agent {v["anycast-agent"]}, ExaBGP {v["exabgp"]},
+  aiohttp {v["aiohttp"]}, {v["nginx"]}, {v["curl"]}
+
+## What is measured
+- **Probe scale**: N HTTP targets (`http://[2001:db8:b::X]:8080/health`, one `local` route
+  makes the whole /64 local) served by one nginx worker inside a bench namespace (`aab-…`).
+  The agent runs as `anycast-agent run --dry-run` does, through `bench/agent_proc.py`, which
+  only wraps each target's schedule to note when each probe was due and when it started.
+  Each run has {result["plan"]["warmup_s"]:g} s of warm-up, then a
+  {result["plan"]["window_s"]:g} s window. CPU is the agent process's user + system time over
+  the window; RSS is its peak (VmHWM); jitter is probe start minus its scheduled start
+  (the schedule already includes the 0-10 % per-slot jitter); missed slots are slots the
+  schedule skipped because a probe overran.
+- **Baseline**: ExaBGP's healthcheck, one process per target running
+  `curl -sf -o /dev/null -m 0.8 URL` every interval (`--no-ack`, nothing to acknowledge),
+  at the same interval/rise/fall. CPU includes the curl children (reaped, so counted in the
+  parent's cumulative times); probes are counted at nginx. Never more processes than free
+  memory allows.
+- **Modes**: `fresh` (default: a new connection per probe), `keepalive` (`http.keepalive:
+  true`: one connection per target, re-opened at least every 30 probes, so a server that stops
+  accepting connections is still detected within 30 + fall probes).
+- On this machine client and server share the kernel: the agent's CPU includes the kernel
+  work of both ends of each loopback TCP handshake (softirq runs in the connecting process),
+  which a router probing remote edges does not pay.
+
+## Latest results
+{table}
+"""

@@ -1,0 +1,57 @@
+"""The bench harness still runs end to end (N=20, a few seconds); no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the bench needs root (network namespaces)"),
+    pytest.mark.skipif(
+        shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+        reason="nginx is not installed",
+    ),
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
+]
+
+ROW_FIELDS = {
+    "engine", "mode", "n", "probes", "probes_per_s", "cpu_ms_per_probe", "cpu_pct_one_core",
+    "rss_mib", "jitter_p50_ms", "jitter_p99_ms", "missed_slots",
+}  # fmt: skip
+
+
+def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
+    docs = tmp_path / "performance.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out-dir", str(tmp_path), "--docs", str(docs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| engine | mode | N |" in proc.stdout
+    (out,) = tmp_path.glob("*-smoke.json")
+    result = json.loads(out.read_text())
+    assert {"date", "machine", "versions", "plan", "probe_scale", "ratios", "targets",
+            "detection", "control_plane"} <= result.keys()  # fmt: skip
+    agent_rows = [r for r in result["probe_scale"] if r["engine"] == "anycast-agent"]
+    assert {r["mode"] for r in agent_rows} == {"fresh", "keepalive"}
+    for row in agent_rows:
+        assert row.keys() >= ROW_FIELDS
+        assert row["n"] == 20
+        assert row["probes"] > 0
+    (baseline,) = [r for r in result["probe_scale"] if r["engine"] == "exabgp-healthcheck"]
+    assert "skipped" in baseline or baseline.keys() >= ROW_FIELDS
+    assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert "aab-" not in listed.stdout, "the bench left a namespace behind"
