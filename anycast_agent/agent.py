@@ -15,6 +15,7 @@ from typing import Protocol
 
 from anycast_agent import __version__
 from anycast_agent.config import AddressMode, AgentConfig, Service, Target, load_config
+from anycast_agent.control.server import ControlServer
 from anycast_agent.core.commands import Announce, Command
 from anycast_agent.core.health import Health, observe
 from anycast_agent.core.intents import POP, Drain, Intents, MedOverride, RampAction
@@ -147,6 +148,7 @@ class Agent:
         self._tg: asyncio.TaskGroup | None = None
         self._probes: ProbeFactory | None = None
         self._reload_lock = asyncio.Lock()
+        self.control: ControlServer | None = None
 
     def _stall_after_s(self) -> float | None:
         """How stale progress may get before the watchdog pings stop: never below the longest
@@ -175,6 +177,7 @@ class Agent:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
         self.starts = count_start(self.config.state_dir)
         self._load_intents()
+        await self._start_control()
         tasks: list[asyncio.Task[None]] = []
         code = 0
         async with asyncio.TaskGroup() as tg, ProbeFactory() as probes:
@@ -201,10 +204,29 @@ class Agent:
                     if rt.task is not None:
                         rt.task.cancel()
         self._tg = self._probes = None
+        if self.control is not None:
+            await self.control.stop()
         self.notifier.stopping()
         self.notifier.close()
         log.info("agent stopped (routes stay as they are in ExaBGP)")
         return code
+
+    async def _start_control(self) -> None:
+        """Serve status, metrics and operator intents; a failure here never stops the agent."""
+        if self.control is None:
+            return
+        try:
+            await self.control.start()
+        except OSError as exc:
+            log.critical(
+                "control endpoint %s unavailable (%s): running without status, metrics and "
+                "operator control",
+                self.config.control.listen,
+                exc.strerror or exc,
+            )
+            self.control = None
+            return
+        log.info("control endpoint on %s", self.control.describe())
 
     def _start_probe(self, rt: TargetRuntime) -> None:
         assert self._tg is not None and self._probes is not None

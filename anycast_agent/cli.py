@@ -14,7 +14,9 @@ import yaml
 
 from anycast_agent import __version__, logs, supervise
 from anycast_agent.agent import Agent, DryRunSpeaker, config_bytes
+from anycast_agent.client import CLIENT_COMMANDS, add_client_commands, run_client
 from anycast_agent.config import ENV_PREFIX, AgentConfig, load_config
+from anycast_agent.control.server import ControlServer, load_token
 from anycast_agent.errors import ConfigError
 from anycast_agent.exabgp_conf import agent_command, render_exabgp
 from anycast_agent.speaker.channel import Channel
@@ -61,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sup.add_argument("args", nargs=argparse.REMAINDER, help="see `anycast-agent supervise --help`")
 
+    add_client_commands(sub)
+
     render = sub.add_parser("render", help="write configuration for other programs")
     render_sub = render.add_subparsers(dest="what", required=True)
     exa = render_sub.add_parser("exabgp", help="an exabgp.conf running this agent for CONFIG")
@@ -80,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client(args)
     match args.command:
         case "check-config":
             return check_config(args.config)
@@ -101,6 +107,14 @@ def check_config(path: Path) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if config.control.token_file is not None:
+        try:
+            load_token(config.control.token_file)
+        except ConfigError as exc:
+            print(f"{path}: invalid configuration", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  control.token_file: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     targets = sum(len(s.targets) for s in config.services)
     print(
         f"{path}: ok (pop {config.pop}, {len(config.services)} services, {targets} targets, "
@@ -184,6 +198,11 @@ async def _run(
     else:
         speaker = Channel(await open_stdin(), write_stdout)
     agent = Agent(config, speaker, config_path=path, config_text=text, fallback=fallback)
+    try:
+        agent.control = ControlServer.from_config(agent, config.control)
+    except ConfigError as exc:
+        # check-config (ExecStartPre) refuses this; at run time the routes matter more.
+        log.critical("control endpoint disabled: %s", exc)
     reloads: set[asyncio.Task[list[str]]] = set()
 
     def on_sighup() -> None:

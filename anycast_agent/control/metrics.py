@@ -1,0 +1,216 @@
+"""Prometheus metrics computed at scrape time from the agent's snapshot, in a private registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from anycast_agent.core.snapshot import Snapshot
+from anycast_agent.model import TargetState
+
+PREFIX = "anycast_agent_"
+
+# Neighbor states that mean the BGP session is up, as the agent reports them.
+_UP_STATES = frozenset({"established", "up"})
+
+
+def _g(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+
+
+def _c(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+
+
+class SnapshotCollector(Collector):
+    """Every metric of the agent, read from one snapshot per scrape (so a scrape is consistent).
+
+    Labels are bounded by the config (service, target, prefix, neighbor) and closed enums
+    (state, result); free text such as failure or drain reasons is never a label.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._snapshot = snapshot
+        self._monotonic = monotonic
+
+    def describe(self) -> Iterator[Metric]:
+        # No description at registration: describe() would otherwise call collect() and read a
+        # snapshot before the agent has one.
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        yield from self._agent(snap)
+        yield from self._targets(snap)
+        yield from self._services(snap)
+        yield from self._routes(snap)
+
+    def _agent(self, snap: Snapshot) -> Iterator[Metric]:
+        info = InfoMetricFamily(PREFIX + "build", "The agent's version.", labels=["version"])
+        info.add_metric([snap.version], {})
+        yield info
+        starts = _c("starts", "Agent starts counted in state_dir, respawns by ExaBGP included.")
+        starts.add_metric([], snap.starts)
+        yield starts
+        for name, doc, value in (
+            (
+                "last_good_config_in_use",
+                "1 while the agent runs its last-good config because the given one is invalid.",
+                snap.last_good_fallback,
+            ),
+            (
+                "state_unreadable",
+                "1 when the state file and its last-good copy could not be read.",
+                snap.state_unreadable,
+            ),
+            ("exabgp_channel_up", "1 while the ExaBGP API channel answers.", snap.channel_up),
+            ("ready", "1 once the first full evaluation ran with the channel up.", snap.ready),
+        ):
+            g = _g(name, doc)
+            g.add_metric([], 1.0 if value else 0.0)
+            yield g
+        age = _g(
+            "last_progress_age_seconds",
+            "Seconds since the probe loop or the decision step last made progress.",
+        )
+        age.add_metric([], max(0.0, self._monotonic() - snap.last_progress))
+        yield age
+        neighbor_up = _g("neighbor_up", "1 while the BGP session is established.", ("neighbor",))
+        for address, state in sorted(snap.neighbors.items()):
+            neighbor_up.add_metric([address], 1.0 if state in _UP_STATES else 0.0)
+        yield neighbor_up
+        sent = _c("commands_sent", "Route commands written to ExaBGP.")
+        sent.add_metric([], snap.commands_sent)
+        yield sent
+        acked = _c(
+            "commands_acked",
+            "Route commands answered by ExaBGP, by result (done, error, timeout).",
+            ("result",),
+        )
+        for result, count in sorted(snap.commands_acked.items()):
+            acked.add_metric([result], count)
+        yield acked
+
+    def _targets(self, snap: Snapshot) -> Iterator[Metric]:
+        labels = ("service", "target")
+        state = _g(
+            "target_state",
+            "1 for the target's current state, 0 for the others.",
+            (*labels, "state"),
+        )
+        duration = _g(
+            "target_probe_duration_seconds", "Latency of the target's last probe.", labels
+        )
+        probes = _c(
+            "target_probes", "Probes finished, by result (ok, failed).", (*labels, "result")
+        )
+        skipped = _c(
+            "target_skipped_slots",
+            "Probe slots skipped because the previous probe was still running.",
+            labels,
+        )
+        transitions = _c("target_transitions", "Target state changes.", labels)
+        for svc in snap.services:
+            for t in svc.targets:
+                key = [svc.name, t.name]
+                for s in TargetState:
+                    state.add_metric([*key, s.value], 1.0 if t.state is s else 0.0)
+                if t.last_latency_s is not None:
+                    duration.add_metric(key, t.last_latency_s)
+                probes.add_metric([*key, "ok"], t.probes_ok)
+                probes.add_metric([*key, "failed"], t.probes_failed)
+                skipped.add_metric(key, t.skipped_slots)
+                transitions.add_metric(key, t.transitions)
+        yield from (state, duration, probes, skipped, transitions)
+
+    def _services(self, snap: Snapshot) -> Iterator[Metric]:
+        lab = ("service",)
+        families = {
+            "healthy": _g("service_healthy_targets", "Targets counted healthy.", lab),
+            "total": _g("service_targets", "Targets configured.", lab),
+            "quorum": _g("service_quorum_targets", "Healthy targets needed to be up.", lab),
+            "up": _g("service_up", "1 while the service is UP (enough healthy targets).", lab),
+            "stage": _g(
+                "ramp_stage_percent",
+                "Ramp stage: 100 when fully announced, 0 when withdrawn.",
+                lab,
+            ),
+            "held": _g("ramp_held", "1 while an operator holds the service's ramp.", lab),
+            "med": _g("service_med", "The MED announced (absent while withdrawn).", lab),
+            "drained": _g(
+                "service_drained", "1 while an operator drain (own or PoP-wide) applies.", lab
+            ),
+            "override": _g(
+                "service_med_override", "1 while an operator MED override applies.", lab
+            ),
+            "suppressed": _g(
+                "service_suppressed", "1 while flap damping keeps the service withdrawn.", lab
+            ),
+            "penalty": _g("service_damping_penalty", "Flap-damping penalty (decays).", lab),
+        }
+        transitions = _c("service_transitions", "Service UP/DOWN changes.", lab)
+        for svc in snap.services:
+            key = [svc.name]
+            families["healthy"].add_metric(key, svc.healthy)
+            families["total"].add_metric(key, svc.total)
+            families["quorum"].add_metric(key, svc.quorum)
+            families["up"].add_metric(key, 1.0 if svc.status == "up" else 0.0)
+            families["stage"].add_metric(key, svc.stage)
+            families["held"].add_metric(key, 1.0 if svc.ramp_held else 0.0)
+            if svc.med is not None:
+                families["med"].add_metric(key, svc.med)
+            families["drained"].add_metric(key, 1.0 if svc.drain is not None else 0.0)
+            families["override"].add_metric(key, 1.0 if svc.med_override is not None else 0.0)
+            families["suppressed"].add_metric(key, 1.0 if svc.suppressed else 0.0)
+            families["penalty"].add_metric(key, svc.penalty)
+            transitions.add_metric(key, svc.transitions)
+        yield from families.values()
+        yield transitions
+
+    def _routes(self, snap: Snapshot) -> Iterator[Metric]:
+        labels = ("service", "prefix", "neighbor")
+        announced = _g(
+            "route_announced",
+            "1 while ExaBGP holds the route (acknowledged `done`), per prefix and neighbor.",
+            labels,
+        )
+        wanted = _g("route_wanted", "1 while the agent wants the route announced.", labels)
+        med = _g("route_med", "MED of the route ExaBGP holds (absent while withdrawn).", labels)
+        for svc in snap.services:
+            for r in svc.routes:
+                key = [svc.name, r.prefix, r.neighbor]
+                announced.add_metric(key, 1.0 if r.accepted is not None else 0.0)
+                wanted.add_metric(key, 1.0 if r.wanted is not None else 0.0)
+                if r.accepted is not None:
+                    med.add_metric(key, r.accepted.med)
+        yield from (announced, wanted, med)
+
+
+def make_registry(
+    snapshot: Callable[[], Snapshot], *, monotonic: Callable[[], float] = time.monotonic
+) -> CollectorRegistry:
+    """A private registry (no process/platform collectors, nothing global) over `snapshot`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot, monotonic=monotonic))
+    return registry
+
+
+def render(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """The exposition body and its content type, negotiated from the scraper's Accept header."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type

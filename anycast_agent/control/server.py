@@ -1,0 +1,182 @@
+"""The control endpoint's lifecycle: bind, serve in the agent's own loop, stop in bounded time."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+from ipaddress import ip_address
+from pathlib import Path
+
+from aiohttp import web
+
+from anycast_agent.config import Control
+from anycast_agent.control.api import MAX_BODY, Controller, make_app
+from anycast_agent.errors import ConfigError
+
+log = logging.getLogger("anycast_agent.control")
+
+SOCKET_MODE = 0o660
+# The agent must exit within 1 s of EOF from ExaBGP (DESIGN §3.6): stop() takes at most this.
+SHUTDOWN_TIMEOUT_S = 0.4
+
+
+def load_token(path: Path | str) -> str:
+    """The bearer token in `path`; refuse a file others can read or a group can write."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(str(path), ["the token file is not a regular file"])
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & (stat.S_IRWXO | stat.S_IWGRP):
+            raise ConfigError(
+                str(path),
+                [
+                    f"token file mode {mode:04o} lets others read it or its group write it: "
+                    f"chmod 0600 (or 0640) {path}"
+                ],
+            )
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the token file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["the token file is not UTF-8 text"]) from None
+    token = text.strip()
+    if not token:
+        raise ConfigError(str(path), ["the token file is empty"])
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(
+            str(path), ["the token must be one word of printable ASCII (it goes in a header)"]
+        )
+    return token
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ip_address(host).version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _unix_socket(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # left by a previous run (a respawn does not clean up)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The socket is created with the process umask: narrow it around bind so the file is never
+    # reachable by others, even for the moment before the chmod (no await in between).
+    old = os.umask(0o117)
+    try:
+        sock.bind(path)
+        os.chmod(path, SOCKET_MODE)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock
+
+
+class ControlServer:
+    """The aiohttp control endpoint, started and stopped by the agent inside its own loop."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        listen: str,
+        token: str | None,
+        *,
+        max_body: int = MAX_BODY,
+        shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    ) -> None:
+        self.listen = listen
+        self._app = make_app(controller, token, max_body=max_body)
+        if shutdown_timeout_s <= 0:
+            raise ValueError(f"shutdown_timeout_s must be > 0, got {shutdown_timeout_s!r}")
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._runner: web.AppRunner | None = None
+        self._address: tuple[str, int] | str | None = None
+
+    @classmethod
+    def from_config(cls, controller: Controller, control: Control) -> ControlServer:
+        """Read the token file now (never after start); raises ConfigError."""
+        token = load_token(control.token_file) if control.token_file is not None else None
+        return cls(controller, control.listen, token)
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    @property
+    def address(self) -> tuple[str, int] | str:
+        """The bound (host, port) (the real port when asked for 0) or unix socket path."""
+        if self._address is None:
+            raise RuntimeError("the control server is not started")
+        return self._address
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the control server is already started")
+        sock = self._bind()
+        runner = web.AppRunner(
+            self._app,
+            handle_signals=False,  # the agent owns signals
+            access_log=None,  # stderr is for the agent's own log lines
+            # aiohttp waits this long twice for a busy connection (let the handler finish, then
+            # cancel it and wait again), and 0 means forever: half the budget each.
+            shutdown_timeout=self._shutdown_timeout_s / 2,
+        )
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        name = sock.getsockname()
+        self._address = name if isinstance(name, str) else (str(name[0]), int(name[1]))
+        log.info("control endpoint listening on %s", self.describe())
+
+    def _bind(self) -> socket.socket:
+        if self.listen.startswith("unix:"):
+            return _unix_socket(self.listen[5:])
+        host, _, port = self.listen.rpartition(":")
+        return _tcp_socket(host.removeprefix("[").removesuffix("]"), int(port))
+
+    def describe(self) -> str:
+        addr = self.address
+        if isinstance(addr, str):
+            return f"unix:{addr}"
+        host, port = addr
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def stop(self) -> None:
+        """Close the listener and connections; returns within `shutdown_timeout_s` (+ a tick)."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        await runner.cleanup()
+        if isinstance(self._address, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._address)
+        log.info("control endpoint stopped")
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,158 @@
+"""The operator's tools against a running PoP: the CLI drains, reloads and reads status/metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.agent_lab import AgentLab, ServiceSpec
+from tests.lab.fixtures import PopLabFactory
+from tests.lab.wait import assert_holds, wait_for
+
+WEB = "192.0.2.10/32"
+API = "192.0.2.20/32"
+GRACE_S = 1.5
+
+
+def cli(agent: AgentLab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "anycast_agent", *args, "--url", f"unix:{socket_path(agent)}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+
+
+def socket_path(agent: AgentLab) -> str:
+    return str(agent.lab.workdir / "control.sock")
+
+
+def start(factory: PopLabFactory, version: str, services: list[ServiceSpec]) -> AgentLab:
+    agent = AgentLab(factory(exabgp_version=version), services)
+    data = yaml.safe_load(agent.config_path.read_text())
+    data["control"] = {"listen": f"unix:{socket_path(agent)}"}
+    data["defaults"]["drain_grace"] = GRACE_S
+    agent.write_config(data)
+    agent.start()
+    return agent
+
+
+def status(agent: AgentLab) -> dict[str, Any]:
+    out = cli(agent, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def service(agent: AgentLab, name: str) -> dict[str, Any]:
+    return next(s for s in status(agent)["services"] if s["name"] == name)
+
+
+@pytest.mark.parametrize("exabgp_version", ["5.0"])
+def test_cli_drain_status_undrain_at_the_upstream(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    agent = start(pop_lab_factory, exabgp_version, [ServiceSpec("web", [WEB], edges=[0])])
+    bird = agent.lab.bird
+    bird.wait_route(WEB, timeout_s=10)
+    drained = cli(agent, "drain", "web", "--reason", "test")
+    assert drained.returncode == 0, drained.stderr
+    # First de-preferred (GRACEFUL_SHUTDOWN, max MED), then withdrawn after drain_grace.
+    wait_for(
+        lambda: bird.route(WEB),
+        lambda rs: bool(rs) and rs[0].med == 4294967294,
+        timeout_s=5,
+        what="drained MED at BIRD",
+    )
+    assert "65535:0" in bird.route(WEB)[0].communities
+    started = time.monotonic()
+    bird.wait_route(WEB, present=False, timeout_s=GRACE_S + 5)
+    print(
+        f"\ndrain: withdrawn {time.monotonic() - started:.2f}s after de-prefer "
+        f"(drain_grace {GRACE_S}s)"
+    )
+    web = service(agent, "web")
+    assert web["drain"]["reason"] == "test"
+    table = cli(agent, "status")
+    assert table.returncode == 0 and "web" in table.stdout and "drained" in table.stdout
+    undrained = cli(agent, "undrain", "web")
+    assert undrained.returncode == 0, undrained.stderr
+    bird.wait_route(WEB, timeout_s=10)
+    assert service(agent, "web")["drain"] is None
+    metrics = cli(agent, "status", "--json")
+    assert metrics.returncode == 0
+
+
+@pytest.mark.parametrize("exabgp_version", ["5.0"])
+def test_reload_broken_changes_nothing_and_added_service_is_announced(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    agent = start(pop_lab_factory, exabgp_version, [ServiceSpec("web", [WEB], edges=[0])])
+    bird = agent.lab.bird
+    bird.wait_route(WEB, timeout_s=10)
+    good = yaml.safe_load(agent.config_path.read_text())
+    before = bird.import_counters("pop0_v4")
+    broken = json.loads(json.dumps(good))
+    broken["services"][0]["prefixes"] = ["192.0.2.300/32"]
+    agent.write_config(broken)
+    refused = cli(agent, "reload")
+    assert refused.returncode == 1
+    assert "192.0.2.300/32" in refused.stderr
+    assert_holds(
+        lambda: bird.import_counters("pop0_v4"),
+        lambda c: c == before,
+        duration_s=1.0,
+        what="nothing sent after a refused reload",
+    )
+    added = json.loads(json.dumps(good))
+    added["services"].append(
+        {
+            "name": "api",
+            "prefixes": [API],
+            "targets": [{"name": "edge2", "http": {"url": "http://203.0.113.12:8080/health"}}],
+            "ramp": {"stages": [50, 100], "stage_hold": 1.0},
+        }
+    )
+    agent.lab.start_edge(1)
+    agent.write_config(added)
+    reloaded = cli(agent, "reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    t0 = time.monotonic()
+    wait_for(lambda: bird.route(API), timeout_s=10, what="added service announced")
+    first = bird.route(API)[0]
+    assert len(first.as_path) == 2  # ramping: 50% in prepend mode
+    wait_for(
+        lambda: bird.route(API),
+        lambda rs: bool(rs) and len(rs[0].as_path) == 1,
+        timeout_s=10,
+        what="added service at 100%",
+    )
+    print(f"\nreload: added service announced and ramped in {time.monotonic() - t0:.2f}s")
+    assert bird.route(WEB)
+
+
+@pytest.mark.parametrize("exabgp_version", ["5.0"])
+def test_metrics_parse_and_follow_the_service(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    agent = start(pop_lab_factory, exabgp_version, [ServiceSpec("web", [WEB], edges=[0])])
+    agent.lab.bird.wait_route(WEB, timeout_s=10)
+    out = subprocess.run(
+        ["curl", "-sf", "--unix-socket", socket_path(agent), "http://agent/metrics"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    )
+    families = {f.name: f for f in text_string_to_metric_families(out.stdout)}
+    up = families["anycast_agent_service_up"].samples
+    assert [(s.labels["service"], s.value) for s in up] == [("web", 1.0)]
+    assert "anycast_agent_route_announced" in families

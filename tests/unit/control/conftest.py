@@ -1,0 +1,225 @@
+"""A fake controller that records calls, a realistic snapshot, and real servers on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from anycast_agent.control.api import make_app
+from anycast_agent.core.intents import POP, Drain, MedOverride, RampAction
+from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
+from anycast_agent.model import RouteAttrs, TargetState
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+# (method, route template, status) seen by any test's server, checked against the OpenAPI doc.
+OBSERVED: set[tuple[str, str, int]] = set()
+OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml"
+
+
+def target(name: str, state: TargetState = TargetState.HEALTHY, **kw: Any) -> TargetSnapshot:
+    base: dict[str, Any] = {
+        "name": name,
+        "kind": "http",
+        "state": state,
+        "last_ok": state is TargetState.HEALTHY,
+        "last_reason": "" if state is TargetState.HEALTHY else "HTTP 500",
+        "last_latency_s": 0.012,
+        "load": None,
+        "probes_ok": 40,
+        "probes_failed": 2,
+        "skipped_slots": 1,
+        "transitions": 3,
+    }
+    base.update(kw)
+    return TargetSnapshot(**base)
+
+
+def make_snapshot(**overrides: Any) -> Snapshot:
+    web_svc = ServiceSnapshot(
+        name="web",
+        status="up",
+        reason="2/3 healthy",
+        healthy=2,
+        total=3,
+        quorum=1,
+        med=150,
+        stage=100,
+        ramp_mode="neighbors",
+        ramp_held=False,
+        suppressed=False,
+        penalty=0.0,
+        drain=None,
+        med_override=MedOverride("web", 150, "traffic shift", "alice", 1000.0, 5000.0),
+        transitions=4,
+        targets=(
+            target("edge1"),
+            target("edge2", kind="tcp"),
+            target("edge3", TargetState.UNHEALTHY, last_latency_s=None),
+        ),
+        routes=(
+            RouteSnapshot("192.0.2.10/32", "198.51.100.1", RouteAttrs(150), RouteAttrs(150)),
+            RouteSnapshot(
+                "192.0.2.10/32", "198.51.100.3", RouteAttrs(150, (65001,), ("65001:100",)), None
+            ),
+        ),
+    )
+    dns_svc = replace(
+        web_svc,
+        name="dns",
+        status="down",
+        reason="0/2 healthy",
+        healthy=0,
+        total=2,
+        med=None,
+        stage=0,
+        ramp_held=True,
+        suppressed=True,
+        penalty=1500.5,
+        drain=Drain(POP, "maintenance", "bob", 1000.0, None),
+        med_override=None,
+        targets=(target("ns1", TargetState.UNHEALTHY), target("ns2", TargetState.UNKNOWN)),
+        routes=(RouteSnapshot("192.0.2.53/32", "198.51.100.1", None, None),),
+    )
+    base: dict[str, Any] = {
+        "pop": "ams1",
+        "version": "0.1.0",
+        "started_at": 1000.0,
+        "ready": True,
+        "channel_up": True,
+        "neighbors": {"198.51.100.1": "established", "198.51.100.3": "down"},
+        "commands_sent": 12,
+        "commands_acked": {"done": 10, "error": 1, "timeout": 1},
+        "starts": 2,
+        "last_good_fallback": False,
+        "state_unreadable": False,
+        "last_progress": time.monotonic(),
+        "services": (web_svc, dns_svc),
+    }
+    base.update(overrides)
+    return Snapshot(**base)
+
+
+@dataclass
+class FakeController:
+    """Records every intent call; `fail` makes the next calls raise (Conflict, UnknownService)."""
+
+    snap: Snapshot = field(default_factory=make_snapshot)
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    fail: Exception | None = None
+    reload_errors: list[str] = field(default_factory=list)
+    block: asyncio.Event | None = None  # every intent waits for it, when given
+    called: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    async def _record(self, name: str, *args: Any, **kw: Any) -> None:
+        self.calls.append((name, args, kw))
+        self.called.set()
+        if self.block is not None:
+            await self.block.wait()
+        if self.fail is not None:
+            raise self.fail
+
+    async def drain(
+        self, service: str | None, *, reason: str, author: str, expires_in_s: float | None
+    ) -> None:
+        await self._record(
+            "drain", service, reason=reason, author=author, expires_in_s=expires_in_s
+        )
+
+    async def undrain(self, service: str | None, *, author: str) -> None:
+        await self._record("undrain", service, author=author)
+
+    async def set_med(
+        self, service: str, med: int, *, reason: str, author: str, expires_in_s: float | None
+    ) -> None:
+        await self._record(
+            "set_med", service, med, reason=reason, author=author, expires_in_s=expires_in_s
+        )
+
+    async def clear_med(self, service: str, *, author: str) -> None:
+        await self._record("clear_med", service, author=author)
+
+    async def ramp(self, service: str, action: RampAction, *, author: str) -> None:
+        await self._record("ramp", service, action, author=author)
+
+    async def reload(self) -> list[str]:
+        await self._record("reload")
+        return self.reload_errors
+
+
+async def _record(request: web.Request, response: web.StreamResponse) -> None:
+    resource = request.match_info.route.resource
+    template = resource.canonical if resource is not None else "(no route)"
+    OBSERVED.add((request.method, template, response.status))
+
+
+def recording(app: web.Application) -> web.Application:
+    app.on_response_prepare.append(_record)
+    return app
+
+
+@pytest.fixture
+def controller() -> FakeController:
+    return FakeController()
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Callable[..., Any]]:
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def factory(
+        ctl: FakeController, token: str | None = TOKEN, **kw: Any
+    ) -> TestClient[web.Request, web.Application]:
+        client = TestClient(TestServer(recording(make_app(ctl, token, **kw)), port=0))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def client(
+    make_client: Callable[..., Any], controller: FakeController
+) -> TestClient[web.Request, web.Application]:
+    c: TestClient[web.Request, web.Application] = await make_client(controller)
+    return c
+
+
+def documented_statuses() -> dict[tuple[str, str], set[int]]:
+    """(METHOD, path) → the status codes docs/openapi.yaml lists for it."""
+    doc = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
+    return {
+        (method.upper(), path): {int(code) for code in op["responses"]}
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in {"get", "put", "post", "delete", "patch", "head"}
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _observed_statuses_are_documented() -> Iterator[None]:
+    """After the whole run: every status any test got from a route is in the OpenAPI doc."""
+    yield
+    documented = documented_statuses()
+    undocumented = sorted(
+        (method, path, status)
+        for method, path, status in OBSERVED
+        if path != "(no route)" and status not in documented.get((method, path), set())
+    )
+    assert not undocumented, f"statuses observed but not in docs/openapi.yaml: {undocumented}"

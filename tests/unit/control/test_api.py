@@ -1,0 +1,452 @@
+"""Every route of the control API against a real server on port 0 and a recording controller."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from anycast_agent.control.api import INTENTS, Body, Call, Intent, make_app
+from anycast_agent.core.intents import RampAction
+from anycast_agent.errors import Conflict, UnknownService
+from tests.unit.control.conftest import AUTH, TOKEN, FakeController, make_snapshot
+
+Client = TestClient[Any, Any]
+
+MUTATIONS = [
+    ("POST", "/v1/services/web/drain", {"reason": "maintenance"}),
+    ("POST", "/v1/services/web/undrain", None),
+    ("PUT", "/v1/services/web/med", {"med": 500, "reason": "shift"}),
+    ("DELETE", "/v1/services/web/med", None),
+    ("POST", "/v1/services/web/ramp", {"action": "hold"}),
+    ("POST", "/v1/drain", {"reason": "maintenance"}),
+    ("POST", "/v1/undrain", None),
+    ("POST", "/v1/reload", None),
+]
+
+
+async def _json(resp: Any) -> Any:
+    assert resp.content_type == "application/json"
+    return await resp.json()
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "body"), MUTATIONS)
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0LXRva2Vu"}],
+    ids=["none", "wrong", "basic"],
+)
+async def test_mutations_need_the_token(
+    client: Client, controller: FakeController, method: str, path: str, body: Any, headers: Any
+) -> None:
+    resp = await client.request(method, path, json=body, headers=headers)
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith('Bearer realm="anycast-agent"')
+    assert (await _json(resp))["error"] in {"authorization required", "invalid token"}
+    assert controller.calls == []
+
+
+async def test_unknown_service_with_a_bad_token_is_401_not_404(client: Client) -> None:
+    resp = await client.post("/v1/services/nope/drain", json={"reason": "x"})
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize(("method", "path", "body"), MUTATIONS)
+async def test_no_token_configured_allows_local_mutations(
+    make_client: Any, method: str, path: str, body: Any
+) -> None:
+    ctl = FakeController()
+    client = await make_client(ctl, token=None)
+    resp = await client.request(method, path, json=body)
+    assert resp.status == 200, await resp.text()
+    _, _, kw = ctl.calls[0]
+    assert kw.get("author", "local") == "local"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/status", "/metrics"])
+async def test_reads_need_no_token(client: Client, path: str) -> None:
+    assert (await client.get(path)).status == 200
+
+
+# --- intents reach the controller with the right values ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "call"),
+    [
+        (
+            "POST",
+            "/v1/services/web/drain",
+            {"reason": "maintenance", "expires_in": "30m"},
+            (
+                "drain",
+                ("web",),
+                {"reason": "maintenance", "author": "token", "expires_in_s": 1800.0},
+            ),
+        ),
+        (
+            "POST",
+            "/v1/services/web/drain",
+            {"reason": "Wartung für Kunde", "author": "alice", "expires_in": 45},
+            (
+                "drain",
+                ("web",),
+                {"reason": "Wartung für Kunde", "author": "alice", "expires_in_s": 45.0},
+            ),
+        ),
+        ("POST", "/v1/services/dns/undrain", None, ("undrain", ("dns",), {"author": "token"})),
+        (
+            "PUT",
+            "/v1/services/web/med",
+            {"med": 4294967295, "reason": "shift", "expires_in": "2h"},
+            (
+                "set_med",
+                ("web", 4294967295),
+                {"reason": "shift", "author": "token", "expires_in_s": 7200.0},
+            ),
+        ),
+        (
+            "PUT",
+            "/v1/services/web/med",
+            {"med": 0, "reason": "attract"},
+            ("set_med", ("web", 0), {"reason": "attract", "author": "token", "expires_in_s": None}),
+        ),
+        ("DELETE", "/v1/services/web/med", None, ("clear_med", ("web",), {"author": "token"})),
+        *[
+            (
+                "POST",
+                "/v1/services/web/ramp",
+                {"action": a.value},
+                ("ramp", ("web", a), {"author": "token"}),
+            )
+            for a in RampAction
+        ],
+        (
+            "POST",
+            "/v1/drain",
+            {"reason": "PoP maintenance", "author": "noc"},
+            (
+                "drain",
+                (None,),
+                {"reason": "PoP maintenance", "author": "noc", "expires_in_s": None},
+            ),
+        ),
+        ("POST", "/v1/undrain", {}, ("undrain", (None,), {"author": "token"})),
+        ("POST", "/v1/reload", None, ("reload", (), {})),
+    ],
+)
+async def test_intents_call_the_controller(
+    client: Client, controller: FakeController, method: str, path: str, body: Any, call: Any
+) -> None:
+    resp = await client.request(method, path, json=body, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await _json(resp))["ok"] is True
+    assert controller.calls == [call]
+
+
+async def test_reload_applied_and_refused(client: Client, controller: FakeController) -> None:
+    resp = await client.post("/v1/reload", headers=AUTH)
+    assert (resp.status, (await _json(resp))["applied"]) == (200, True)
+    controller.reload_errors = ["services[web].med: must be ≤ 4294967295 (got -1)"]
+    resp = await client.post("/v1/reload", headers=AUTH)
+    assert resp.status == 422
+    assert (await _json(resp))["detail"] == controller.reload_errors
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [(Conflict("web is not ramping"), 409), (UnknownService("web"), 404)],
+)
+async def test_controller_errors_map_to_statuses(
+    client: Client, controller: FakeController, exc: Exception, status: int
+) -> None:
+    controller.fail = exc
+    resp = await client.post("/v1/services/web/ramp", json={"action": "advance"}, headers=AUTH)
+    assert resp.status == status
+    body = await _json(resp)
+    assert body["error"] in {"conflict", "unknown service"}
+    if status == 409:
+        assert body["detail"] == "web is not ramping"
+
+
+# --- refusals that never reach the controller -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nope",
+        "web%0A",
+        "we%0Ab",
+        "a%2Fb",
+        "web%2F..%2Fdns",
+        "%C3%A9dge",
+        "w%C3%A9b",
+        "web%00",
+        "%FF",
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("POST", "drain", {"reason": "x"}),
+        ("POST", "undrain", None),
+        ("PUT", "med", {"med": 5, "reason": "x"}),
+        ("DELETE", "med", None),
+        ("POST", "ramp", {"action": "hold"}),
+    ],
+)
+async def test_bad_or_unknown_service_names_never_reach_the_controller(
+    client: Client, controller: FakeController, name: str, method: str, suffix: str, body: Any
+) -> None:
+    url = URL(f"/v1/services/{name}/{suffix}", encoded=True)
+    resp = await client.request(method, url, json=body, headers=AUTH)
+    assert resp.status in {404, 422}
+    assert "error" in await _json(resp)
+    assert controller.calls == []
+
+
+async def test_unknown_service_is_404_naming_it(client: Client) -> None:
+    resp = await client.post("/v1/services/nope/drain", json={"reason": "x"}, headers=AUTH)
+    assert resp.status == 404
+    assert await _json(resp) == {"error": "unknown service", "detail": {"service": "nope"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "shown"),
+    [
+        ({"med": -1, "reason": "x"}, "med", "-1"),
+        ({"med": 4294967296, "reason": "x"}, "med", "4294967296"),
+        ({"med": "100", "reason": "x"}, "med", "'100'"),
+        ({"med": 1.5, "reason": "x"}, "med", "1.5"),
+        ({"med": True, "reason": "x"}, "med", "True"),
+        ({"med": 5}, "reason", None),
+        ({"med": 5, "reason": ""}, "reason", "''"),
+        ({"med": 5, "reason": "   "}, "reason", "'   '"),
+        ({"med": 5, "reason": "a\nb"}, "reason", "'a\\nb'"),
+        ({"med": 5, "reason": "x" * 201}, "reason", None),
+        ({"med": 5, "reason": "x", "expires_in": "soon"}, "expires_in", "'soon'"),
+        ({"med": 5, "reason": "x", "expires_in": -5}, "expires_in", "-5"),
+        ({"med": 5, "reason": "x", "expires_in": 0}, "expires_in", "0"),
+        ({"med": 5, "reason": "x", "author": "eve\r\n"}, "author", None),
+        ({"med": 5, "reason": "x", "color": "red"}, "color", "'red'"),
+    ],
+)
+async def test_invalid_med_bodies_are_422_naming_field_and_value(
+    client: Client, controller: FakeController, body: Any, field: str, shown: str | None
+) -> None:
+    resp = await client.put("/v1/services/web/med", json=body, headers=AUTH)
+    assert resp.status == 422
+    data = await _json(resp)
+    assert data["error"].startswith(f"{field}: ")
+    if shown is not None:
+        assert f"(got {shown})" in data["error"]
+    assert data["detail"][0]["field"] == field
+    assert controller.calls == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/services/web/drain", {}, "reason"),
+        ("/v1/drain", {"reason": "x\x1b[31m"}, "reason"),
+        ("/v1/services/web/ramp", {"action": "pause"}, "action"),
+        ("/v1/services/web/ramp", {}, "action"),
+        ("/v1/reload", {"force": True}, "force"),
+    ],
+)
+async def test_invalid_bodies_are_422(
+    client: Client, controller: FakeController, path: str, body: Any, field: str
+) -> None:
+    resp = await client.post(path, json=body, headers=AUTH)
+    assert resp.status == 422
+    assert (await _json(resp))["error"].startswith(f"{field}: ")
+    assert controller.calls == []
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b'{"reason": "x",}'])
+async def test_bad_json_is_400(client: Client, controller: FakeController, raw: bytes) -> None:
+    resp = await client.post("/v1/services/web/drain", data=raw, headers=AUTH)
+    assert resp.status == 400
+    assert (await _json(resp))["error"] == "the body is not valid JSON"
+    assert controller.calls == []
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'"drain"', b"42", b"null"])
+async def test_non_object_json_is_400(
+    client: Client, controller: FakeController, raw: bytes
+) -> None:
+    resp = await client.post("/v1/drain", data=raw, headers=AUTH)
+    assert resp.status == 400
+    assert controller.calls == []
+
+
+async def test_oversized_body_is_413(client: Client, controller: FakeController) -> None:
+    body = b'{"reason": "' + b"x" * (17 * 1024) + b'"}'
+    resp = await client.post("/v1/services/web/drain", data=body, headers=AUTH)
+    assert resp.status == 413
+    assert (await _json(resp))["detail"]["limit"] == 16 * 1024
+    assert controller.calls == []
+
+
+async def test_oversized_chunked_body_is_413(client: Client, controller: FakeController) -> None:
+    async def chunks() -> Any:
+        for _ in range(40):
+            yield b"x" * 1024
+
+    resp = await client.post("/v1/drain", data=chunks(), headers=AUTH)
+    assert resp.status == 413
+    assert controller.calls == []
+
+
+async def test_max_body_is_configurable(make_client: Any) -> None:
+    ctl = FakeController()
+    client = await make_client(ctl, max_body=64)
+    resp = await client.post("/v1/drain", json={"reason": "x" * 100}, headers=AUTH)
+    assert resp.status == 413
+
+
+async def test_unknown_route_and_method_are_json(client: Client) -> None:
+    resp = await client.get("/v2/nothing")
+    assert resp.status == 404
+    assert (await _json(resp))["error"] == "not found"
+    resp = await client.get("/v1/reload")
+    assert resp.status == 405
+    assert "POST" in resp.headers["Allow"]
+    assert (await _json(resp))["error"] == "method not allowed"
+
+
+# --- health, readiness, status ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("age_s", "status"), [(0.0, 200), (9.5, 200), (10.5, 503), (3600, 503)])
+async def test_healthz_follows_last_progress(
+    client: Client, controller: FakeController, age_s: float, status: int
+) -> None:
+    controller.snap = make_snapshot(last_progress=time.monotonic() - age_s)
+    resp = await client.get("/healthz")
+    assert resp.status == status
+    assert (await _json(resp))["status"] == ("ok" if status == 200 else "stale")
+
+
+async def test_healthz_staleness_is_configurable(make_client: Any) -> None:
+    now = [100.0]
+    ctl = FakeController(snap=make_snapshot(last_progress=99.0))
+    client = await make_client(ctl, stale_after_s=0.5, monotonic=lambda: now[0])
+    assert (await client.get("/healthz")).status == 503
+    now[0] = 99.3
+    assert (await client.get("/healthz")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("ready", "channel_up", "status"),
+    [(True, True, 200), (False, True, 503), (True, False, 503), (False, False, 503)],
+)
+async def test_readyz(
+    client: Client, controller: FakeController, ready: bool, channel_up: bool, status: int
+) -> None:
+    controller.snap = make_snapshot(ready=ready, channel_up=channel_up)
+    resp = await client.get("/readyz")
+    assert resp.status == status
+    assert await _json(resp) == {"ready": ready, "channel_up": channel_up}
+
+
+async def test_status_shows_the_whole_snapshot(make_client: Any) -> None:
+    ctl = FakeController()
+    client = await make_client(ctl, wall_clock=lambda: 2000.0)
+    data = await _json(await client.get("/v1/status"))
+    assert data["pop"] == "ams1"
+    assert data["version"] == "0.1.0"
+    assert data["channel_up"] is True
+    assert data["neighbors"] == [
+        {"address": "198.51.100.1", "state": "established"},
+        {"address": "198.51.100.3", "state": "down"},
+    ]
+    assert data["commands_acked"] == {"done": 10, "error": 1, "timeout": 1}
+    web, dns = data["services"]
+    assert (web["name"], web["state"], web["stage"], web["med"]) == ("web", "up", 100, 150)
+    assert (web["healthy"], web["total"]) == (2, 3)
+    assert web["med_override"] == {
+        "med": 150,
+        "reason": "traffic shift",
+        "author": "alice",
+        "since": 1000.0,
+        "expires": 5000.0,
+        "expires_in_s": 3000.0,
+    }
+    assert web["drain"] is None
+    assert web["targets"][2] == {
+        "name": "edge3",
+        "kind": "http",
+        "state": "unhealthy",
+        "last_ok": False,
+        "last_reason": "HTTP 500",
+        "last_latency_s": None,
+        "load": None,
+        "probes_ok": 40,
+        "probes_failed": 2,
+        "skipped_slots": 1,
+        "transitions": 3,
+    }
+    assert web["routes"][0] == {
+        "prefix": "192.0.2.10/32",
+        "neighbor": "198.51.100.1",
+        "neighbor_state": "established",
+        "wanted": {"med": 150, "as_path": [], "communities": []},
+        "accepted": {"med": 150, "as_path": [], "communities": []},
+        "in_sync": True,
+    }
+    assert web["routes"][1]["accepted"] is None
+    assert web["routes"][1]["wanted"] == {
+        "med": 150,
+        "as_path": [65001],
+        "communities": ["65001:100"],
+    }
+    assert web["routes"][1]["in_sync"] is False
+    assert dns["drain"] == {
+        "scope": "pop",
+        "reason": "maintenance",
+        "author": "bob",
+        "since": 1000.0,
+        "expires": None,
+        "expires_in_s": None,
+    }
+    assert (dns["suppressed"], dns["ramp_held"], dns["damping_penalty"]) == (True, True, 1500.5)
+
+
+async def test_metrics_route_serves_the_exposition(client: Client) -> None:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert "anycast_agent_service_up" in await resp.text()
+    resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert (await resp.text()).endswith("# EOF\n")
+
+
+async def test_a_new_intent_is_one_table_row() -> None:
+    seen: list[tuple[str | None, str]] = []
+
+    async def ping(_: Any, call: Call[Body]) -> dict[str, Any]:
+        seen.append((call.service, call.author))
+        return {"pong": True}
+
+    extra = Intent("ping", "POST", "/v1/services/{name}/ping", Body, ping)
+    app = make_app(FakeController(), TOKEN, intents=(*INTENTS, extra))
+    async with TestClient(TestServer(app, port=0)) as client:
+        assert (await client.post("/v1/services/web/ping")).status == 401
+        assert (await client.post("/v1/services/nope/ping", headers=AUTH)).status == 404
+        resp = await client.post("/v1/services/web/ping", json={"author": "ops"}, headers=AUTH)
+        assert (await _json(resp))["pong"] is True
+    assert seen == [("web", "ops")]
+
+
+def test_an_empty_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty token"):
+        make_app(FakeController(), "")

@@ -1,0 +1,137 @@
+"""The server's lifecycle in the test's loop: TCP and unix sockets, token files, bounded stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from anycast_agent.config import Control
+from anycast_agent.control.server import ControlServer, load_token
+from anycast_agent.errors import ConfigError
+from tests.unit.control.conftest import AUTH, TOKEN, FakeController
+
+
+def tcp_address(server: ControlServer) -> tuple[str, int]:
+    address = server.address
+    assert isinstance(address, tuple)
+    return address
+
+
+def test_load_token(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n")
+    for mode in (0o600, 0o400, 0o640, 0o440):
+        path.chmod(mode)
+        assert load_token(path) == TOKEN
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o620, 0o602, 0o666, 0o601])
+def test_load_token_refuses_loose_modes(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    path.chmod(mode)
+    with pytest.raises(ConfigError) as info:
+        load_token(path)
+    assert info.value.source == str(path)
+    assert f"{mode:04o}" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "two words", "tök"])
+def test_load_token_refuses_unusable_tokens(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(text)
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="token"):
+        load_token(path)
+
+
+def test_load_token_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_token(tmp_path / "absent")
+
+
+def test_from_config_reads_the_token(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    path.chmod(0o644)
+    with pytest.raises(ConfigError):
+        ControlServer.from_config(FakeController(), Control(listen="127.0.0.1:0", token_file=path))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_tcp_start_serve_stop(host: str) -> None:
+    listen = f"[{host}]:0" if ":" in host else f"{host}:0"
+    server = ControlServer(FakeController(), listen, TOKEN)
+    await server.start()
+    bound_host, port = tcp_address(server)
+    assert port > 0 and bound_host == host
+    url = f"http://{server.describe()}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/readyz") as resp:
+            assert resp.status == 200
+        async with session.post(url + "/v1/reload", headers=AUTH) as resp:
+            assert resp.status == 200
+    await server.stop()
+    await server.stop()  # idempotent
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(url + "/readyz")
+
+
+async def test_unix_socket_mode_and_cleanup(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    path.touch()
+    path.unlink()
+    # A stale socket left by a previous (respawned) agent is replaced.
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    async with ControlServer(FakeController(), f"unix:{path}", None) as server:
+        assert server.address == str(path)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        conn = aiohttp.UnixConnector(path=str(path))
+        async with (
+            aiohttp.ClientSession(connector=conn) as session,
+            session.post("http://agent/v1/undrain") as resp,
+        ):
+            assert resp.status == 200
+    assert not path.exists()
+
+
+async def test_stop_is_bounded_with_a_request_in_flight() -> None:
+    ctl = FakeController(block=asyncio.Event())  # never set: the intent hangs
+    server = ControlServer(ctl, "127.0.0.1:0", TOKEN)
+    await server.start()
+    host, port = tcp_address(server)
+    session = aiohttp.ClientSession()
+    request = asyncio.create_task(session.post(f"http://{host}:{port}/v1/reload", headers=AUTH))
+    await ctl.called.wait()
+    started = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(aiohttp.ClientError):
+        await request
+    await session.close()
+
+
+async def test_start_twice_and_address_before_start() -> None:
+    server = ControlServer(FakeController(), "127.0.0.1:0", None)
+    with pytest.raises(RuntimeError):
+        _ = server.address
+    async with server:
+        with pytest.raises(RuntimeError):
+            await server.start()
+
+
+async def test_port_in_use_fails_start() -> None:
+    async with ControlServer(FakeController(), "127.0.0.1:0", None) as first:
+        _, port = tcp_address(first)
+        with pytest.raises(OSError):
+            await ControlServer(FakeController(), f"127.0.0.1:{port}", None).start()
