@@ -273,6 +273,8 @@ def test_corrupted_state_drains_everything_without_crash_loop(
         what="the agent stays up (no crash loop)",
     )
     assert not agent.lab.bird.route(WEB) or agent.lab.bird.route(WEB)[0].med == 4294967294
+    metrics = agent.lab.pop.run(["curl", "-sf", "http://127.0.0.1:9179/metrics"]).stdout
+    assert "anycast_agent_state_unreadable 1.0" in metrics
 
 
 @only_50
