@@ -24,7 +24,7 @@ from anycast_agent.core.rib import Rib
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
 from anycast_agent.core.traffic import Memory, Outcome, Phase, adopt, evaluate
 from anycast_agent.errors import ConfigError, Conflict, RenderError, SpeakerError, UnknownService
-from anycast_agent.model import ProbeResult, RouteAttrs, RouteKey, TargetState
+from anycast_agent.model import Family, ProbeResult, RouteAttrs, RouteKey, TargetState
 from anycast_agent.netlink.addresses import (
     AddressError,
     Addresses,
@@ -33,7 +33,7 @@ from anycast_agent.netlink.addresses import (
     withheld,
 )
 from anycast_agent.notify import Notifier
-from anycast_agent.probes import ProbeFactory
+from anycast_agent.probes import Probe, ProbeFactory
 from anycast_agent.probes.schedule import run_schedule
 from anycast_agent.speaker.grammar import (
     SHOW_ADJ_RIB_OUT,
@@ -59,6 +59,8 @@ REFUSED_RETRY_S = 30.0
 TICK_S = 0.25
 # Exit codes of `run` besides 0 and 2 (invalid config).
 EXIT_NO_ACKS = 3
+# Phases that end a ramp, and with it any operator hold on it.
+_RAMP_ENDED = frozenset({Phase.DOWN, Phase.DRAINED, Phase.SUPPRESSED})
 # Fault drill (docs/deploy.md): while this file exists the decision step stalls.
 FAULT_STALL_ENV = "ANYCAST_AGENT_FAULT_STALL_DECIDE_FILE"
 
@@ -115,6 +117,7 @@ class Agent:
         config_path: Path | None = None,
         config_text: bytes | None = None,
         fallback: bool = False,
+        dry_run: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -123,6 +126,7 @@ class Agent:
         self.config_path = config_path
         self.config_text = config_text
         self.fallback = fallback  # running the last-good config because the given one is invalid
+        self.dry_run = dry_run  # no state_dir writes, no VIP changes
         self.clock = clock
         self.wall = wall
         self.rib = Rib()
@@ -147,7 +151,7 @@ class Agent:
         self._dirty = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._probes: ProbeFactory | None = None
-        self._reload_lock = asyncio.Lock()
+        self._step_lock = asyncio.Lock()
         self.control: ControlServer | None = None
 
     def _stall_after_s(self) -> float | None:
@@ -175,7 +179,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
-        self.starts = count_start(self.config.state_dir)
+        self.starts = 0 if self.dry_run else count_start(self.config.state_dir)
         self._load_intents()
         await self._start_control()
         tasks: list[asyncio.Task[None]] = []
@@ -188,7 +192,8 @@ class Agent:
             if await self._sync():
                 for runtimes in self.targets.values():
                     for rt in runtimes:
-                        self._start_probe(rt)
+                        if rt.task is None:  # a reload during the sync may have started it
+                            self._start_probe(rt)
                 tasks.append(tg.create_task(self._decide_forever(), name="decide"))
                 tasks.append(
                     tg.create_task(self.notifier.watchdog_loop(self.progress), name="watchdog")
@@ -235,7 +240,12 @@ class Agent:
     async def _probe_forever(self, rt: TargetRuntime) -> None:
         assert self._probes is not None
         probes = self._probes
-        probe = probes.build(rt.target.check, rt.timeout_s)
+        try:
+            built = probes.build(rt.target.check, rt.timeout_s)
+        except Exception as exc:  # a check the config let through but no probe can run
+            log.exception("target %s cannot be probed: it counts as failing", rt.label)
+            built = _Broken(f"cannot probe: {exc}")
+        probe = _Guarded(built, rt.label)
         try:
             await run_schedule(
                 probe,
@@ -245,7 +255,7 @@ class Agent:
                 phase_s=random.uniform(0, rt.interval_s * 0.999),
             )
         finally:
-            probes.release(probe)
+            probes.release(built)
 
     def _load_intents(self) -> None:
         try:
@@ -326,7 +336,7 @@ class Agent:
             " — RUNNING THE LAST-GOOD CONFIG" if self.fallback else "",
         )
         await self._apply()  # withdraws held routes of prefixes no longer configured, at once
-        if self.config_text is not None and not self.fallback:
+        if self.config_text is not None and not self.fallback and not self.dry_run:
             save_last_good(self.config.state_dir, self.config_text)
         return True
 
@@ -373,7 +383,7 @@ class Agent:
                 (o.wake_at for o in self.outcomes.values() if o.wake_at is not None),
                 default=None,
             )
-            retry = min(self.rib.refused_until.values(), default=None)
+            retry = self.rib.next_retry(self.clock())
             deadline = min(w for w in (wake, retry, self.clock() + TICK_S) if w is not None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - self.clock())):
@@ -384,6 +394,21 @@ class Agent:
             await self._apply()
 
     async def _apply(self) -> None:
+        # A reload swaps the config between decision steps, never in the middle of one.
+        async with self._step_lock:
+            await self._apply_locked()
+
+    def _allowed(self) -> set[RouteKey]:
+        """Every (neighbor, prefix) the config maps a service to, family-matched."""
+        return {
+            RouteKey.of(n.address, p)
+            for svc in self.config.services
+            for n in self.config.neighbors_of(svc)
+            for p in svc.prefixes
+            if Family.of(p) in n.families
+        }
+
+    async def _apply_locked(self) -> None:
         now, wall = self.clock(), self.wall()
         self.intents = self._expire(wall)
         wanted = {}
@@ -414,8 +439,13 @@ class Agent:
                 self.intents,
                 now,
                 wall,
+                self.rib.held.keys(),
             )
             self.memory[svc.name] = mem
+            if svc.name in self.intents.ramp_holds and outcome.phase in _RAMP_ENDED:
+                log.info("ramp hold of %s cleared: the service is %s", svc.name, outcome.phase)
+                holds = self.intents.ramp_holds - {svc.name}
+                self._save(replace(self.intents, ramp_holds=holds))
             self._log_change(svc, self.outcomes.get(svc.name), outcome, runtimes)
             self.outcomes[svc.name] = outcome
             self.decisions[svc.name] = decision
@@ -423,10 +453,10 @@ class Agent:
             for p in svc.prefixes:
                 causes[str(p)] = f"service {svc.name} {outcome.phase.value}: {outcome.reason}"
         await self._gate_vips(wanted, causes)
-        configured = {str(p) for svc in self.config.services for p in svc.prefixes}
-        for command in self.rib.plan(wanted, configured, now, causes):
-            await self._vip_before(command)
-            await self._send(command)
+        allowed = self._allowed()
+        for command in self.rib.plan(wanted, allowed, now, causes):
+            if await self._vip_before(command):
+                await self._send(command)
             await self._vip_after(command)
         self.last_decide = self.clock()
         if not self.ready and all(o.phase is not Phase.UNKNOWN for o in self.outcomes.values()):
@@ -443,7 +473,7 @@ class Agent:
         prefixes = [p for svc in self.config.services for p in svc.prefixes]
         try:
             missing = {str(p) for p in withheld(prefixes, await self.addresses.present())}
-        except (InterfaceNotFound, AddressError) as exc:
+        except (InterfaceNotFound, AddressError, OSError) as exc:
             log.error("VIP check: %s: every prefix is withheld", exc)
             missing = {str(p) for p in prefixes}
         if missing != self.withheld:
@@ -460,17 +490,26 @@ class Agent:
                     f"address of {key.prefix} missing on {self.config.addresses.interface}"
                 )
 
-    async def _vip_before(self, command: Command) -> None:
-        if self.config.addresses.mode is AddressMode.MANAGE and isinstance(command, Announce):
-            try:
-                if await self.addresses.add(vip_of(command.key.prefix)):
-                    log.info("VIP %s added on %s", command.key.prefix, self.addresses.interface)
-            except (InterfaceNotFound, AddressError) as exc:
-                log.error("%s", exc)
+    async def _vip_before(self, command: Command) -> bool:
+        """`manage`: the address goes up before its route; False (no announce) if it cannot."""
+        if self.config.addresses.mode is not AddressMode.MANAGE or not isinstance(
+            command, Announce
+        ):
+            return True
+        if self.dry_run:
+            return True
+        try:
+            if await self.addresses.add(vip_of(command.key.prefix)):
+                log.info("VIP %s added on %s", command.key.prefix, self.addresses.interface)
+        except (InterfaceNotFound, AddressError, OSError) as exc:
+            log.error("%s: not announcing %s", exc, command.key.prefix)
+            self.rib.refused(command, self.clock() + REFUSED_RETRY_S)
+            return False
+        return True
 
     async def _vip_after(self, command: Command) -> None:
         a = self.config.addresses
-        if a.mode is not AddressMode.MANAGE or not a.remove_on_withdraw:
+        if a.mode is not AddressMode.MANAGE or not a.remove_on_withdraw or self.dry_run:
             return
         if isinstance(command, Announce) or any(
             k.prefix == command.key.prefix for k in self.rib.held
@@ -479,7 +518,7 @@ class Agent:
         try:
             if await self.addresses.remove(vip_of(command.key.prefix)):
                 log.info("VIP %s removed from %s", command.key.prefix, a.interface)
-        except (InterfaceNotFound, AddressError) as exc:
+        except (InterfaceNotFound, AddressError, OSError) as exc:
             log.error("%s", exc)
 
     def _expire(self, wall: float) -> Intents:
@@ -542,7 +581,7 @@ class Agent:
             ack = await self.speaker.send(line)
         except SpeakerError as exc:
             log.error("%s", exc)
-            self.rib.refused(command, self.clock() + REFUSED_RETRY_S)
+            self.rib.unanswered(command, self.clock() + REFUSED_RETRY_S)
             return
         if ack is Ack.DONE:
             self.rib.accepted(command)
@@ -631,7 +670,7 @@ class Agent:
         """Validate the config file again and apply it as a diff; errors leave all unchanged."""
         if self.config_path is None:
             return ["this agent was started without a config file path"]
-        async with self._reload_lock:
+        async with self._step_lock:
             try:
                 new = load_config(self.config_path)
             except ConfigError as exc:
@@ -652,7 +691,8 @@ class Agent:
             self._swap(new)
             self.config_text = self.config_path.read_bytes()
             self.fallback = False
-            save_last_good(new.state_dir, self.config_text)
+            if not self.dry_run:
+                save_last_good(new.state_dir, self.config_text)
             log.info("reloaded %s: %d services", self.config_path, len(new.services))
             self._dirty.set()
             return []
@@ -679,8 +719,21 @@ class Agent:
         names = {s.name for s in new.services}
         self.memory = {k: m for k, m in self.memory.items() if k in names}
         self.outcomes = {k: o for k, o in self.outcomes.items() if k in names}
+        now = self.clock()
+        for svc in new.services:
+            if svc.name not in self.memory:
+                # A new (or renamed) service whose routes ExaBGP holds continues from them.
+                self.memory[svc.name] = adopt(
+                    svc, new.policy(svc), new.neighbors_of(svc), self.rib.held, now
+                )
+        stale = [k for k in (*self.intents.drains, *self.intents.meds) if k not in names | {POP}]
+        if stale:
+            log.warning("operator intents for services no longer configured: %s", stale)
+        if new.addresses.interface != self.config.addresses.interface:
+            self.addresses = Addresses(new.addresses.interface)
         self.config = new
         self.targets = targets
+        self.notifier.set_stall_after(self._stall_after_s())
         for runtimes in targets.values():
             for rt in runtimes:
                 if rt.task is None or rt.task.done():
@@ -760,6 +813,35 @@ class Agent:
             last_progress=self.progress(),
             services=tuple(services),
         )
+
+
+class _Guarded:
+    """A probe bug fails its target instead of ending the agent (and, through ExaBGP's respawn
+    limit, withdrawing the whole PoP). Logged with its traceback once per target."""
+
+    def __init__(self, probe: Probe, label: str) -> None:
+        self.probe = probe
+        self.label = label
+        self.logged = False
+
+    async def check(self) -> ProbeResult:
+        try:
+            return await self.probe.check()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self.logged:
+                log.exception("probe of %s failed unexpectedly", self.label)
+                self.logged = True
+            return ProbeResult(ok=False, latency_s=0.0, reason=f"probe error: {exc!r}")
+
+
+class _Broken:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def check(self) -> ProbeResult:
+        return ProbeResult(ok=False, latency_s=0.0, reason=self.reason)
 
 
 def _describe(intents: Intents) -> str:

@@ -197,7 +197,9 @@ async def _run(
         speaker: DryRunSpeaker | Channel = DryRunSpeaker(lambda line: print(line, flush=True))
     else:
         speaker = Channel(await open_stdin(), write_stdout)
-    agent = Agent(config, speaker, config_path=path, config_text=text, fallback=fallback)
+    agent = Agent(
+        config, speaker, config_path=path, config_text=text, fallback=fallback, dry_run=dry_run
+    )
     try:
         agent.control = ControlServer.from_config(agent, config.control)
     except ConfigError as exc:

@@ -7,7 +7,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,12 @@ class Notifier:
             log.warning("cannot notify %s (%s): %s", self.address, assignments[0], exc)
             return False
         return True
+
+    def set_stall_after(self, stall_after_s: float | None) -> None:
+        """A reload changed the probe periods: adjust how stale progress may get."""
+        if self.watchdog is not None:
+            limit = stall_after_s if stall_after_s is not None else self.watchdog.timeout_s
+            self.watchdog = replace(self.watchdog, stall_after_s=limit)
 
     def ready(self) -> bool:
         return self.notify("READY=1")

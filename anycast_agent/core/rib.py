@@ -13,62 +13,93 @@ from anycast_agent.model import RouteAttrs, RouteKey
 class Rib:
     """ExaBGP's adj-rib-out as the agent knows it: read at start, then updated by acks.
 
-    A withdraw is only ever planned for a route held here, so a withdraw is never repeated
-    (ExaBGP sends an UPDATE for every repeated withdraw).
+    A withdraw is only planned for a route held here, so a withdraw is never repeated (ExaBGP
+    sends an UPDATE for every repeated withdraw). A route whose fate is unknown (a command
+    without an ack in time) stays held: the agent would rather send one withdraw too many than
+    leave a dead service announced.
     """
 
     held: dict[RouteKey, RouteAttrs] = field(default_factory=dict)
-    # Routes ExaBGP refused: not retried before the given time.
-    refused_until: dict[RouteKey, float] = field(default_factory=dict)
-    # Held routes to announce again although unchanged (their session came back up).
+    # Commands ExaBGP refused or did not answer: that same command is not sent again before
+    # the given time (any other command for the route goes out at once).
+    blocked: dict[RouteKey, tuple[Command, float]] = field(default_factory=dict)
+    # Held routes to announce again although unchanged (their session came back up, or the
+    # last announce of them went unanswered).
     resend: set[RouteKey] = field(default_factory=set)
 
     def plan(
         self,
         wanted: Mapping[RouteKey, RouteAttrs | None],
-        configured: Collection[str],
+        allowed: Collection[RouteKey],
         now: float,
         causes: Mapping[str, str] | None = None,
     ) -> list[Command]:
         """Commands that move ExaBGP from `held` to `wanted`.
 
-        `configured` is the set of prefixes in the config: a held route for any other prefix
-        is withdrawn at once. Routes absent from `wanted` (service still unknown) stay as held.
+        `allowed` is every (neighbor, prefix) the config maps a service to: a held route
+        outside it (prefix removed, neighbor dropped from the service, wrong family) is
+        withdrawn at once. Routes absent from `wanted` (service still unknown) stay as held.
         `causes` maps a prefix to the reason logged with its command.
         """
         causes = causes or {}
+        for key in [k for k, (_, t) in self.blocked.items() if t <= now]:
+            del self.blocked[key]  # a past refusal no longer holds anything back
         commands: list[Command] = []
         for key in sorted(self.held):
-            if key.prefix not in configured:
-                commands.append(Withdraw(key, "prefix no longer configured"))
+            if key not in allowed:
+                commands.append(Withdraw(key, "no longer configured for this neighbor"))
             elif key in wanted and wanted[key] is None:
                 commands.append(Withdraw(key, causes.get(key.prefix, "service down")))
         for key, attrs in sorted((k, a) for k, a in wanted.items() if a is not None):
-            changed = self.held.get(key) != attrs or key in self.resend
-            if changed and self.refused_until.get(key, -1.0) <= now:
+            if self.held.get(key) != attrs or key in self.resend:
                 commands.append(Announce(key, attrs, causes.get(key.prefix, "service up")))
-        return commands
+        return [c for c in commands if not self._blocked(c)]
+
+    def _blocked(self, command: Command) -> bool:
+        entry = self.blocked.get(command.key)
+        if entry is None:
+            return False
+        refused = entry[0]
+        match command, refused:
+            case Announce(attrs=a), Announce(attrs=b):
+                return a == b
+            case Withdraw(), Withdraw():
+                return True
+        return False
+
+    def next_retry(self, now: float) -> float | None:
+        """When the earliest refused command may be tried again (None: nothing waits)."""
+        return min((t for _, t in self.blocked.values() if t > now), default=None)
 
     def accepted(self, command: Command) -> None:
         """ExaBGP answered `done`: it now holds what the command says."""
+        self.blocked.pop(command.key, None)
+        self.resend.discard(command.key)
         match command:
             case Announce(key=key, attrs=attrs):
                 self.held[key] = attrs
-                self.refused_until.pop(key, None)
-                self.resend.discard(key)
             case Withdraw(key=key):
                 self.held.pop(key, None)
-                self.resend.discard(key)
 
     def refused(self, command: Command, retry_at: float) -> None:
-        """ExaBGP answered `error` (or nothing in time): do not hammer it with the same line."""
+        """ExaBGP answered `error`: it did not take the command; it keeps what it had."""
+        if isinstance(command, Withdraw):
+            # ExaBGP refuses a withdraw only for a neighbor it does not know: nothing is held.
+            self.held.pop(command.key, None)
+            self.blocked.pop(command.key, None)
+        else:
+            self.blocked[command.key] = (command, retry_at)
+
+    def unanswered(self, command: Command, retry_at: float) -> None:
+        """No ack in time: ExaBGP may or may not have applied it. Assume it did, and try the
+        same command again after `retry_at` (an identical announce costs nothing)."""
+        self.blocked[command.key] = (command, retry_at)
         match command:
-            case Announce(key=key):
-                self.held.pop(key, None)
-                self.refused_until[key] = retry_at
-            case Withdraw(key=key):
-                # ExaBGP either never held it or dropped it: either way, never repeat the withdraw.
-                self.held.pop(key, None)
+            case Announce(key=key, attrs=attrs):
+                self.held[key] = attrs
+                self.resend.add(key)
+            case Withdraw():
+                pass  # still held: the withdraw is planned again after retry_at
 
     def resend_neighbor(self, neighbor: str) -> None:
         """A session came up: re-send the wanted announces to that neighbor.

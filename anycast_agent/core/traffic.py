@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 from anycast_agent.config import Neighbor, OnDown, Policy, RampMode, Service
-from anycast_agent.core.intents import Intents
+from anycast_agent.core.intents import POP, Intents
 from anycast_agent.core.policy import Decision, ServiceStatus
 from anycast_agent.model import GRACEFUL_SHUTDOWN, MED_DRAIN, Family, RouteAttrs, RouteKey
 
@@ -156,22 +157,52 @@ def _routes(
     service: Service,
     neighbors: tuple[Neighbor, ...],
     attrs: RouteAttrs | None,
-    announce_neighbors: int | None = None,
-    announce_prefixes: int | None = None,
+    neighbor_share: int = 100,
+    prefix_share: int = 100,
 ) -> dict[RouteKey, RouteAttrs | None]:
+    """Every (neighbor, prefix) of the service: `attrs` on the announced share, None elsewhere.
+
+    Shares are percentages: ceil(p·N) of the neighbors carrying each prefix's family (in config
+    order) and ceil(p·P) of the prefixes (in config order).
+    """
     wanted: dict[RouteKey, RouteAttrs | None] = {}
-    chosen_prefixes = set(service.prefixes[: announce_prefixes or len(service.prefixes)])
-    for n_index, neighbor in enumerate(neighbors):
-        for prefix in service.prefixes:
-            if Family.of(prefix) not in neighbor.families:
-                continue
-            on = (
-                attrs is not None
-                and (announce_neighbors is None or n_index < announce_neighbors)
-                and prefix in chosen_prefixes
-            )
+    prefixes = service.prefixes
+    chosen = set(prefixes[: math.ceil(prefix_share * len(prefixes) / 100)])
+    for prefix in prefixes:
+        carriers = [n for n in neighbors if Family.of(prefix) in n.families]
+        reach = math.ceil(neighbor_share * len(carriers) / 100)
+        for index, neighbor in enumerate(carriers):
+            on = attrs is not None and prefix in chosen and index < reach
             wanted[RouteKey.of(neighbor.address, prefix)] = attrs if on else None
     return wanted
+
+
+def _stage_routes(
+    service: Service,
+    policy: Policy,
+    neighbors: tuple[Neighbor, ...],
+    stage: int,
+    med: int,
+    communities: tuple[str, ...],
+) -> dict[RouteKey, RouteAttrs | None]:
+    """The routes of one ramp stage (DESIGN §3.4)."""
+    percent = policy.stages[stage]
+    if percent >= 100:
+        return _routes(service, neighbors, RouteAttrs(med=med, communities=communities))
+    match policy.ramp_mode:
+        case RampMode.NEIGHBORS:
+            attrs = RouteAttrs(med=med, communities=communities)
+            return _routes(service, neighbors, attrs, neighbor_share=percent)
+        case RampMode.PREFIXES:
+            attrs = RouteAttrs(med=med, communities=communities)
+            return _routes(service, neighbors, attrs, prefix_share=percent)
+        case _:
+            attrs = RouteAttrs(
+                med=med,
+                as_path=(policy.local_as,) * (1 + extra_prepends(stage, policy.stages)),
+                communities=sort_communities((*communities, GRACEFUL_SHUTDOWN)),
+            )
+            return _routes(service, neighbors, attrs)
 
 
 def evaluate(
@@ -185,8 +216,10 @@ def evaluate(
     intents: Intents,
     now: float,
     wall: float,
+    held: Collection[RouteKey] = (),
 ) -> tuple[Memory, Outcome]:
-    """One decision step for one service. `now` is monotonic, `wall` is the wall clock."""
+    """One decision step for one service. `now` is monotonic, `wall` is the wall clock;
+    `held` is what ExaBGP holds (a drain only de-prefers those routes)."""
     raw = decision.status
     mem = _damp(mem, raw, policy, now)
     if raw is not ServiceStatus.UNKNOWN and raw is not mem.last_raw:
@@ -214,7 +247,12 @@ def evaluate(
     withdrawn = _routes(service, neighbors, None)
     if drain is not None:
         mem = replace(mem, was_up=False, med=MedHold())
-        left = policy.drain_grace_s - (wall - drain.since)
+        # The grace runs from the earliest drain that applies (a service drain added during a
+        # PoP drain must not start the grace, and a re-announce, over again).
+        since = min(
+            d.since for d in (intents.drains.get(service.name), intents.drains.get(POP)) if d
+        )
+        left = policy.drain_grace_s - (wall - since)
         why = f"drained by {drain.author}: {drain.reason}"
         if left > 0 and raw is ServiceStatus.UNKNOWN:
             wakes.append(now + left)
@@ -226,13 +264,10 @@ def evaluate(
                 as_path=(policy.local_as,) * DRAIN_PATH_LENGTH,
                 communities=sort_communities((*communities, GRACEFUL_SHUTDOWN)),
             )
+            # Only what is announced now is de-preferred: a drain never announces anything new.
+            routes = {k: (attrs if k in held else None) for k in withdrawn}
             return outcome(
-                mem,
-                Phase.DRAINING,
-                f"{why}; withdraw in {left:.0f}s",
-                100,
-                MED_DRAIN,
-                _routes(service, neighbors, attrs),
+                mem, Phase.DRAINING, f"{why}; withdraw in {left:.0f}s", 100, MED_DRAIN, routes
             )
         return outcome(mem, Phase.DRAINED, why, 0, None, withdrawn)
 
@@ -283,19 +318,7 @@ def evaluate(
     override = intents.meds.get(service.name)
     med = override.med if override is not None else hold.sent
 
-    as_path: tuple[int, ...] = ()
-    route_communities = communities
-    n_neighbors = n_prefixes = None
-    if percent < 100:
-        match policy.ramp_mode:
-            case RampMode.NEIGHBORS:
-                n_neighbors = math.ceil(percent * len(neighbors) / 100)
-            case RampMode.PREFIXES:
-                n_prefixes = math.ceil(percent * len(service.prefixes) / 100)
-            case _:
-                as_path = (policy.local_as,) * (1 + extra_prepends(stage, policy.stages))
-                route_communities = sort_communities((*communities, GRACEFUL_SHUTDOWN))
-    attrs = RouteAttrs(med=med, as_path=as_path, communities=route_communities)
+    wanted = _stage_routes(service, policy, neighbors, stage, med, communities)
     phase = Phase.UP if percent >= 100 else Phase.RAMPING
     reason = decision.reason
     if phase is Phase.RAMPING:
@@ -306,7 +329,6 @@ def evaluate(
         reason += f"; MED {override.med} set by {override.author}: {override.reason}"
     elif hold.candidate is not None:
         reason += f"; MED {hold.candidate} pending (holding {hold.sent})"
-    wanted = _routes(service, neighbors, attrs, n_neighbors, n_prefixes)
     return outcome(mem, phase, reason, percent, med, wanted)
 
 
@@ -314,45 +336,40 @@ def adopt(
     service: Service,
     policy: Policy,
     neighbors: tuple[Neighbor, ...],
-    held: dict[RouteKey, RouteAttrs],
+    held: Mapping[RouteKey, RouteAttrs],
     now: float,
 ) -> Memory:
     """Memory for a service whose routes ExaBGP already holds (a respawn, not a first start).
 
     The held stage and MED are taken as they are, so a respawn never restarts a ramp and a
-    MED change still has to hold for `med_hold` from now.
+    MED change still has to hold for `med_hold` from now. Routes held de-preferred (drain, or
+    `on_down: deprefer`) mean the service was not up: it ramps when it comes back.
     """
-    mine = {
-        k: a
-        for k, a in held.items()
-        if k.prefix in {str(p) for p in service.prefixes}
-        and k.neighbor in {str(n.address) for n in neighbors}
-    }
+    mine = {k: a for k, a in held.items() if k in _routes(service, neighbors, None)}
     if not mine:
         return Memory()
-    stages = policy.stages
-    last = len(stages) - 1
     sample = next(iter(mine.values()))
-    stage = last
-    if sample.med == MED_DRAIN:
-        stage = last
-    elif policy.ramp_mode is RampMode.NEIGHBORS:
-        count = len({k.neighbor for k in mine})
-        stage = next(
-            (i for i, p in enumerate(stages) if math.ceil(p * len(neighbors) / 100) >= count), last
-        )
-    elif policy.ramp_mode is RampMode.PREFIXES:
-        count = len({k.prefix for k in mine})
-        stage = next(
-            (
-                i
-                for i, p in enumerate(stages)
-                if math.ceil(p * len(service.prefixes) / 100) >= count
-            ),
-            last,
-        )
-    elif sample.as_path:
-        extra = len(sample.as_path) - 1
-        stage = next((i for i in range(len(stages)) if extra_prepends(i, stages) <= extra), last)
-    med = MedHold() if sample.med == MED_DRAIN else MedHold(sent=sample.med, last_change=now)
-    return Memory(last_raw=ServiceStatus.UP, was_up=True, stage=stage, stage_since=now, med=med)
+    deprefer = service.on_down is OnDown.DEPREFER and sample.med == service.med_down
+    if sample.med == MED_DRAIN or deprefer:
+        return Memory(last_raw=ServiceStatus.DOWN)
+    held_keys = set(mine)
+
+    def shape(stage: int) -> tuple[set[RouteKey], int]:
+        routes = _stage_routes(service, policy, neighbors, stage, sample.med, ())
+        announced = {k for k, a in routes.items() if a is not None}
+        path = next((len(a.as_path) for a in routes.values() if a is not None), 0)
+        return announced, path
+
+    stages = range(len(policy.stages))
+    exact = [i for i in stages if shape(i) == (held_keys, len(sample.as_path))]
+    covering = [i for i in stages if shape(i)[0] >= held_keys]
+    # The furthest stage that is exactly what ExaBGP holds; failing that, the first stage
+    # announcing at least all of it, so nothing held is withdrawn by the adoption itself.
+    stage = max(exact) if exact else min(covering, default=len(policy.stages) - 1)
+    return Memory(
+        last_raw=ServiceStatus.UP,
+        was_up=True,
+        stage=stage,
+        stage_since=now,
+        med=MedHold(sent=sample.med, last_change=now),
+    )

@@ -26,6 +26,7 @@ HEAD_LIMIT = 16 * 1024
 RECV_SIZE = 64 * 1024
 _UNTIL_CLOSE = -1
 _CHUNKED = -2
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
 
 
@@ -264,9 +265,9 @@ class Connection:
 
     async def _connect(self) -> socket.socket:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(self._family, socket.SOCK_STREAM)
+        # Non-blocking from birth: one syscall fewer than setblocking(False) after it.
+        sock = socket.socket(self._family, _STREAM_NONBLOCK)
         try:
-            sock.setblocking(False)
             err = sock.connect_ex(self._addr)
             if err in _IN_PROGRESS:
                 # A nearby server often completes the handshake within the connect call itself:

@@ -63,11 +63,11 @@ def test_med_follows_lost_capacity_and_load_after_med_hold(
     for lost, expected in ((1, 350), (2, 600)):
         agent.lab.edges[f"edge{lost}"].kill()
         changed = time.monotonic()
-        # Not before fall x interval + med_hold: the new tier must hold first.
+        # Not before the quickest fall ((fall - 1) x interval) + med_hold: the tier must hold.
         assert_holds(
             lambda: meds(agent),
             lambda m, e=expected: m != {e},
-            duration_s=FALL * INTERVAL_S + hold * 0.8,
+            duration_s=(FALL - 1) * INTERVAL_S + hold * 0.9,
             what=f"MED {expected} held back",
         )
         wait_for(lambda: meds(agent), lambda m, e=expected: m == {e}, timeout_s=5)

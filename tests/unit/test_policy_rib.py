@@ -52,61 +52,92 @@ def test_deprefer_keeps_med_down() -> None:
 
 K1 = RouteKey("198.51.100.1", "192.0.2.10/32")
 K2 = RouteKey("198.51.100.1", "192.0.2.99/32")
+K3 = RouteKey("198.51.100.5", "192.0.2.10/32")
 A = RouteAttrs(med=100)
+ALLOWED = {K1}
 
 
 def test_rib_transcript() -> None:
     rib = Rib()
-    configured = {"192.0.2.10/32"}
     # First decision: announce.
-    [cmd] = rib.plan({K1: A}, configured, now=0)
+    [cmd] = rib.plan({K1: A}, ALLOWED, now=0)
     assert cmd == Announce(K1, A, "service up")
     rib.accepted(cmd)
     # Same wanted state: nothing (ExaBGP would send nothing anyway, but we do not even ask).
-    assert rib.plan({K1: A}, configured, now=1) == []
+    assert rib.plan({K1: A}, ALLOWED, now=1) == []
     # MED change: one announce.
-    [cmd] = rib.plan({K1: RouteAttrs(med=200)}, configured, now=2)
+    [cmd] = rib.plan({K1: RouteAttrs(med=200)}, ALLOWED, now=2)
     assert isinstance(cmd, Announce) and cmd.attrs.med == 200
     rib.accepted(cmd)
     # Down: one withdraw, never repeated.
-    [cmd] = rib.plan({K1: None}, configured, now=3, causes={"192.0.2.10/32": "why"})
+    [cmd] = rib.plan({K1: None}, ALLOWED, now=3, causes={"192.0.2.10/32": "why"})
     assert cmd == Withdraw(K1, "why")
     rib.accepted(cmd)
-    assert rib.plan({K1: None}, configured, now=4) == []
+    assert rib.plan({K1: None}, ALLOWED, now=4) == []
 
 
 def test_unknown_service_keeps_what_exabgp_holds() -> None:
     rib = Rib(held={K1: A})
-    assert rib.plan({}, {"192.0.2.10/32"}, now=0) == []
+    assert rib.plan({}, ALLOWED, now=0) == []
 
 
-def test_held_route_for_unconfigured_prefix_is_withdrawn_once() -> None:
-    rib = Rib(held={K1: A, K2: A})
-    cmds = rib.plan({}, {"192.0.2.10/32"}, now=0)
-    assert cmds == [Withdraw(K2, "prefix no longer configured")]
-    rib.accepted(cmds[0])
-    assert rib.plan({}, {"192.0.2.10/32"}, now=0) == []
+def test_held_route_outside_the_config_is_withdrawn_once() -> None:
+    # K2: prefix no longer configured; K3: neighbor no longer one of the service's.
+    rib = Rib(held={K1: A, K2: A, K3: A})
+    cmds = rib.plan({}, ALLOWED, now=0)
+    cause = "no longer configured for this neighbor"
+    assert cmds == [Withdraw(K2, cause), Withdraw(K3, cause)]
+    for c in cmds:
+        rib.accepted(c)
+    assert rib.plan({}, ALLOWED, now=0) == []
 
 
 def test_refused_announce_waits_then_retries() -> None:
     rib = Rib()
-    [cmd] = rib.plan({K1: A}, {"192.0.2.10/32"}, now=0)
+    [cmd] = rib.plan({K1: A}, ALLOWED, now=0)
     rib.refused(cmd, retry_at=30)
-    assert rib.plan({K1: A}, {"192.0.2.10/32"}, now=10) == []
-    assert rib.plan({K1: A}, {"192.0.2.10/32"}, now=30) == [Announce(K1, A, "service up")]
+    assert rib.plan({K1: A}, ALLOWED, now=10) == []
+    assert rib.next_retry(now=10) == 30
+    assert rib.plan({K1: A}, ALLOWED, now=30) == [Announce(K1, A, "service up")]
+    assert rib.next_retry(now=30) is None  # a past refusal never makes the loop spin
+
+
+def test_refused_med_change_does_not_hold_back_a_withdraw() -> None:
+    rib = Rib(held={K1: A})
+    [cmd] = rib.plan({K1: RouteAttrs(med=600)}, ALLOWED, now=0)
+    rib.refused(cmd, retry_at=30)
+    # ExaBGP still holds the old route: a service going down withdraws it at once.
+    assert rib.plan({K1: None}, ALLOWED, now=1) == [Withdraw(K1, "service down")]
+
+
+def test_unanswered_announce_counts_as_held_and_is_withdrawn_when_down() -> None:
+    rib = Rib()
+    [cmd] = rib.plan({K1: A}, ALLOWED, now=0)
+    rib.unanswered(cmd, retry_at=30)
+    assert rib.plan({K1: A}, ALLOWED, now=1) == []
+    assert rib.plan({K1: A}, ALLOWED, now=30) == [Announce(K1, A, "service up")]
+    assert rib.plan({K1: None}, ALLOWED, now=2) == [Withdraw(K1, "service down")]
+
+
+def test_unanswered_withdraw_is_retried_later() -> None:
+    rib = Rib(held={K1: A})
+    [cmd] = rib.plan({K1: None}, ALLOWED, now=0)
+    rib.unanswered(cmd, retry_at=30)
+    assert rib.plan({K1: None}, ALLOWED, now=1) == []
+    assert rib.plan({K1: None}, ALLOWED, now=30) == [Withdraw(K1, "service down")]
 
 
 def test_refused_withdraw_is_not_repeated() -> None:
     rib = Rib(held={K1: A})
-    [cmd] = rib.plan({K1: None}, {"192.0.2.10/32"}, now=0)
+    [cmd] = rib.plan({K1: None}, ALLOWED, now=0)
     rib.refused(cmd, retry_at=30)
-    assert rib.plan({K1: None}, {"192.0.2.10/32"}, now=60) == []
+    assert rib.plan({K1: None}, ALLOWED, now=60) == []
 
 
 def test_neighbor_up_resends_announces_but_keeps_routes_held() -> None:
     rib = Rib(held={K1: A})
     rib.resend_neighbor("198.51.100.1")
-    assert rib.plan({K1: A}, {"192.0.2.10/32"}, now=0) == [Announce(K1, A, "service up")]
+    assert rib.plan({K1: A}, ALLOWED, now=0) == [Announce(K1, A, "service up")]
     # A service still unknown sends nothing; one that goes down is still withdrawn.
-    assert rib.plan({}, {"192.0.2.10/32"}, now=0) == []
-    assert rib.plan({K1: None}, {"192.0.2.10/32"}, now=0) == [Withdraw(K1, "service down")]
+    assert rib.plan({}, ALLOWED, now=0) == []
+    assert rib.plan({K1: None}, ALLOWED, now=0) == [Withdraw(K1, "service down")]

@@ -58,6 +58,8 @@ class Run:
         self.neighbors = cfg.neighbors_of(self.svc)
         self.mem = mem or Memory()
         self.intents = Intents()
+        self.held: set[RouteKey] = set()  # what ExaBGP holds, as if every command were acked
+        self.held: set[RouteKey] = set()  # what ExaBGP holds, as if every command were acked
 
     def at(
         self, now: float, states: str, load: float | None = None, wall: float | None = None
@@ -76,7 +78,13 @@ class Run:
             self.intents,
             now,
             now if wall is None else wall,
+            self.held,
         )
+        for key, attrs in out.wanted.items():
+            if attrs is None:
+                self.held.discard(key)
+            else:
+                self.held.add(key)
         return out
 
 
@@ -276,3 +284,87 @@ def test_adopt_nothing_held_is_a_first_start() -> None:
     cfg = config(ramp={"stages": [25, 50, 100], "stage_hold": 60})
     svc = cfg.services[0]
     assert adopt(svc, cfg.policy(svc), cfg.neighbors_of(svc), {}, now=0) == Memory()
+
+
+def dual_config(**service: Any) -> AgentConfig:
+    """An IPv6 session listed first, and an IPv4-only service (review finding: families)."""
+    return AgentConfig(
+        pop="t",
+        state_dir="/nonexistent",
+        bgp={
+            "local_as": 65001,
+            "router_id": "198.51.100.2",
+            "neighbors": [
+                {
+                    "address": "2001:db8:100::1",
+                    "local_address": "2001:db8:100::2",
+                    "peer_as": 65000,
+                },
+                {"address": "198.51.100.1", "local_address": "198.51.100.2", "peer_as": 65000},
+            ],
+        },
+        services=[
+            {
+                "name": "web",
+                "prefixes": ["192.0.2.10/32"],
+                "targets": [{"name": "e0", "tcp": {"host": "203.0.113.11", "port": 80}}],
+                "ramp": {"stages": [25, 50, 100], "stage_hold": 5},
+                **service,
+            }
+        ],
+    )
+
+
+def test_neighbors_ramp_counts_only_neighbors_of_the_prefix_family() -> None:
+    r = Run(dual_config())
+    assert r.policy.ramp_mode.value == "neighbors"
+    out = r.at(0, "h")
+    assert [k.neighbor for k in announced(out)] == ["198.51.100.1"]
+
+
+def test_respawn_at_full_with_a_family_mismatch_withdraws_nothing() -> None:
+    cfg = dual_config()
+    svc = cfg.services[0]
+    held = {RouteKey("198.51.100.1", "192.0.2.10/32"): RouteAttrs(med=100)}
+    mem = adopt(svc, cfg.policy(svc), cfg.neighbors_of(svc), held, now=0)
+    r = Run(cfg, mem)
+    r.held = set(held)
+    out = r.at(1, "h")
+    assert announced(out) == held and set(out.wanted) == set(held)
+
+
+def test_adopt_takes_the_furthest_stage_matching_what_is_held() -> None:
+    cfg = config(neighbors=2, ramp={"stages": [25, 50, 100], "stage_hold": 60})
+    svc = cfg.services[0]
+    held = {RouteKey(N4[0], "192.0.2.10/32"): RouteAttrs(med=100)}
+    mem = adopt(svc, cfg.policy(svc), cfg.neighbors_of(svc), held, now=0)
+    assert mem.stage == 1  # 25% and 50% of two neighbors are both one: continue at 50%
+
+
+def test_adopt_of_routes_held_deprefered_is_not_an_up_service() -> None:
+    cfg = no_ramp(targets=1, on_down="deprefer", med_down=5000)
+    svc = cfg.services[0]
+    held = {RouteKey(n, "192.0.2.10/32"): RouteAttrs(med=5000) for n in N4}
+    mem = adopt(svc, cfg.policy(svc), cfg.neighbors_of(svc), held, now=0)
+    assert not mem.was_up and mem.med.sent is None
+    assert meds(Run(cfg, mem).at(1, "h")) == {100}  # recovered: base MED at once, no hold
+
+
+def test_service_drain_added_after_a_pop_drain_re_announces_nothing() -> None:
+    r = Run(no_ramp())
+    r.at(0, "hhhh")
+    r.intents = Intents(drains={POP: Drain(POP, "maintenance", "op", since=0.0)})
+    assert r.at(1, "hhhh", wall=1.0).phase is Phase.DRAINING
+    assert r.at(31, "hhhh", wall=31.0).phase is Phase.DRAINED
+    r.intents = Intents(drains={**r.intents.drains, "web": Drain("web", "also", "op", since=40.0)})
+    out = r.at(41, "hhhh", wall=41.0)
+    assert out.phase is Phase.DRAINED and not announced(out)
+
+
+def test_drain_during_a_ramp_only_deprefers_what_is_announced() -> None:
+    r = Run(config(ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    assert len(announced(r.at(0, "hhhh"))) == 1
+    r.intents = Intents(drains={"web": Drain("web", "r", "op", since=1.0)})
+    out = r.at(1, "hhhh", wall=1.0)
+    assert out.phase is Phase.DRAINING and len(announced(out)) == 1
+    assert {a.med for a in announced(out).values()} == {MED_DRAIN}
