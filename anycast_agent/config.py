@@ -124,6 +124,12 @@ class Neighbor(Strict):
             )
         if not self.families:
             object.__setattr__(self, "families", (Family.of(self.address),))
+        if self.families != (Family.of(self.address),):
+            # `next-hop self` over an IPv4 session cannot carry an IPv6 route, nor the reverse.
+            raise ValueError(
+                f"families {[str(f) for f in self.families]}: a session to {self.address} "
+                f"carries {Family.of(self.address)} only (use a second neighbor for the other)"
+            )
         if len(set(self.families)) != len(self.families):
             raise ValueError(f"families repeated: {[str(f) for f in self.families]}")
         return self
@@ -322,6 +328,12 @@ class HttpCheck(Strict):
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// or https:// URL with a host, got {v!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"invalid port in URL {v!r}") from None
+        if port == 0 or any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(f"invalid URL {v!r}")
         return v
 
     @field_validator("body_regex")
@@ -349,6 +361,20 @@ class DnsCheck(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 53
     name: str
     qtype: Literal["A", "AAAA", "TXT", "SOA", "NS", "CNAME"] = "A"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        labels = v.rstrip(".").split(".")
+        ok = (
+            v.isascii()
+            and len(v.rstrip(".")) <= 253
+            and all(0 < len(label) <= 63 for label in labels)
+            and all(re.fullmatch(r"[A-Za-z0-9_-]+", label) for label in labels)
+        )
+        if not ok:
+            raise ValueError(f"invalid DNS name {v!r}")
+        return v
 
 
 class Target(Timing):

@@ -32,12 +32,38 @@ def encode(intents: Intents) -> bytes:
     return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
 
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "service": (str,),
+    "reason": (str,),
+    "author": (str,),
+    "since": (int, float),
+    "expires": (int, float, type(None)),
+    "med": (int,),
+}
+
+
+def _checked(item: object, fields: tuple[str, ...]) -> dict[str, Any]:
+    """One drain or override, every field present and of its type (a hand-edited file that
+    parses but holds a string where a time belongs must not crash the agent later)."""
+    if not isinstance(item, dict) or set(item) != set(fields):
+        raise ValueError(f"expected the fields {sorted(fields)}, got {item!r}")
+    for name in fields:
+        value = item[name]
+        if not isinstance(value, _TYPES[name]) or isinstance(value, bool):
+            raise ValueError(f"{name}: {value!r} is not a {_TYPES[name][0].__name__}")
+    if "med" in item and not 0 <= item["med"] <= 0xFFFFFFFF:
+        raise ValueError(f"med: {item['med']!r} is outside 0..4294967295")
+    return item
+
+
 def decode(raw: bytes) -> Intents:
     data: Any = json.loads(raw)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not an anycast-agent state file of format {FORMAT}")
-    drains = [Drain(**d) for d in data.get("drains", [])]
-    meds = [MedOverride(**m) for m in data.get("meds", [])]
+    drain_fields = ("service", "reason", "author", "since", "expires")
+    med_fields = ("service", "med", "reason", "author", "since", "expires")
+    drains = [Drain(**_checked(d, drain_fields)) for d in data.get("drains", [])]
+    meds = [MedOverride(**_checked(m, med_fields)) for m in data.get("meds", [])]
     holds = data.get("ramp_holds", [])
     if not all(isinstance(h, str) for h in holds):
         raise ValueError("ramp_holds must be service names")
@@ -54,7 +80,13 @@ class Store:
         self.previous = state_dir / PREVIOUS
 
     def load(self) -> Intents:
-        """The persisted intents; none on first boot; Unreadable when no copy can be read."""
+        """The persisted intents; none on first boot; Unreadable when no copy can be read.
+
+        The previous copy stands in only for a current file that exists but cannot be read:
+        an operator who deletes state.json to reset the intents gets no intents.
+        """
+        if not self.path.exists():
+            return Intents()
         problems = []
         for path in (self.path, self.previous):
             try:

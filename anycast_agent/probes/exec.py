@@ -117,7 +117,11 @@ class ExecProbe:
         if returncode == 0:
             return ProbeResult(ok=True, latency_s=latency_s)
         if returncode < 0:
-            reason = f"{self._name} killed by {signal.Signals(-returncode).name}"
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:  # a real-time signal has no name
+                name = f"signal {-returncode}"
+            reason = f"{self._name} killed by {name}"
         else:
             reason = f"{self._name} exit status {returncode}"
         return ProbeResult(

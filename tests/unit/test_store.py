@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,30 @@ def test_both_unreadable_raises(tmp_path: Path) -> None:
     (tmp_path / "state.json.prev").write_bytes(b"\x00\xff")
     with pytest.raises(Unreadable, match=r"state\.json"):
         Store(tmp_path).load()
+
+
+@pytest.mark.parametrize(
+    "drain",
+    [
+        {"service": "web", "reason": "r", "author": "a", "since": "2024-01-01", "expires": None},
+        {"service": "web", "reason": "r", "author": "a", "since": 1.0},
+        {"service": 5, "reason": "r", "author": "a", "since": 1.0, "expires": None},
+    ],
+)
+def test_wrong_types_are_unreadable_not_a_crash_later(
+    tmp_path: Path, drain: dict[str, object]
+) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"format": 1, "drains": [drain]}))
+    with pytest.raises(Unreadable):
+        Store(tmp_path).load()
+
+
+def test_deleted_state_file_means_no_intents_even_with_a_previous_copy(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save(INTENTS)
+    store.save(INTENTS)
+    (tmp_path / "state.json").unlink()
+    assert store.load() == Intents()
 
 
 def test_only_corrupt_current_and_no_previous_is_unreadable(tmp_path: Path) -> None:
