@@ -9,10 +9,11 @@ call never shares pyroute2 state between threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import ipaddress
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
@@ -58,6 +59,18 @@ def withheld(prefixes: Iterable[Prefix], present: Iterable[Vip]) -> set[Prefix]:
     return {p for p in prefixes if p.network_address not in addresses}
 
 
+A = TypeVar("A")
+R = TypeVar("R")
+
+# Netlink calls get their own thread: the default executor also resolves host names for the
+# probes, and a resolver outage must not stall the VIP check (and with it every decision).
+_NETLINK = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+
+
+async def _run(fn: Callable[[A], R], arg: A) -> R:
+    return await asyncio.get_running_loop().run_in_executor(_NETLINK, fn, arg)
+
+
 class Addresses:
     """Addresses on one interface, optionally inside a named network namespace (tests)."""
 
@@ -68,31 +81,34 @@ class Addresses:
     # -- asyncio API (what the agent awaits) -----------------------------------------------------
 
     async def present(self, interface: str | None = None) -> set[Vip]:
-        return await asyncio.to_thread(self.present_sync, interface)
+        return await _run(self.present_sync, interface)
 
     async def has(self, address: Vip | Prefix | str) -> bool:
-        return await asyncio.to_thread(self.has_sync, address)
+        return await _run(self.has_sync, address)
 
     async def add(self, address: Vip | Prefix | str) -> bool:
         """Add the VIP; returns False if it was already there."""
-        return await asyncio.to_thread(self.add_sync, address)
+        return await _run(self.add_sync, address)
 
     async def remove(self, address: Vip | Prefix | str) -> bool:
         """Remove the VIP; returns False if it was not there."""
-        return await asyncio.to_thread(self.remove_sync, address)
+        return await _run(self.remove_sync, address)
 
     # -- the blocking calls ----------------------------------------------------------------------
 
     def present_sync(self, interface: str | None = None) -> set[Vip]:
         name = interface or self.interface
-        with self._ipr() as ipr:
-            index = _index(ipr, name)
-            found: set[Vip] = set()
-            for msg in ipr.get_addr(index=index):
-                address = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-                if address:
-                    found.add(ipaddress.ip_interface(f"{address}/{msg['prefixlen']}"))
-            return found
+        try:
+            with self._ipr() as ipr:
+                index = _index(ipr, name)
+                found: set[Vip] = set()
+                for msg in ipr.get_addr(index=index):
+                    address = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+                    if address:
+                        found.add(ipaddress.ip_interface(f"{address}/{msg['prefixlen']}"))
+                return found
+        except NetlinkError as exc:  # e.g. ENOBUFS: the caller withholds, it never crashes
+            raise OSError(exc.code, f"listing addresses on {name}: {_reason(exc)}") from exc
 
     def has_sync(self, address: Vip | Prefix | str) -> bool:
         vip = _vip(address)

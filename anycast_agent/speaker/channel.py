@@ -11,6 +11,10 @@ from anycast_agent.speaker.grammar import Ack, Inbound, TextLine, parse_inbound
 
 log = logging.getLogger(__name__)
 
+# The resync barrier: a harmless command whose output starts with a known header line.
+BARRIER = "show neighbor summary"
+BARRIER_HEADER = "Peer "
+
 
 class Channel:
     """Writes one command at a time and matches it with ExaBGP's `done`/`error`.
@@ -38,6 +42,9 @@ class Channel:
         self.closed = asyncio.Event()
         self.sent = 0
         self.acked: dict[Ack | None, int] = {}
+        self._desynced = False
+        self._barrier: str | None = None  # the header line that ends a resync's late acks
+        self._barrier_seen = False
 
     async def read_forever(self) -> None:
         """Read until EOF; then set `closed` (ExaBGP is gone or stopping)."""
@@ -51,12 +58,20 @@ class Channel:
 
     def _dispatch(self, item: Inbound) -> None:
         if isinstance(item, Ack):
+            if self._barrier is not None and not self._barrier_seen:
+                log.warning(
+                    "discarding a late %r (the ack of a command that timed out)", item.value
+                )
+                return
             if self._pending is not None and not self._pending.done():
                 self._pending.set_result(item)
             else:
                 log.warning(
                     "ExaBGP sent %r with no command waiting for it (a late ack)", item.value
                 )
+            return
+        if isinstance(item, TextLine) and self._barrier is not None:
+            self._barrier_seen = self._barrier_seen or item.text.startswith(self._barrier)
             return
         if isinstance(item, TextLine) and self._output is not None:
             self._output.append(item.text)
@@ -81,6 +96,29 @@ class Channel:
                 self._output = None
 
     async def _exchange(self, line: str, timeout_s: float) -> Ack:
+        if self._desynced:
+            await self._resync(timeout_s)
+        try:
+            return await self._exchange_once(line, timeout_s)
+        except SpeakerError:
+            self._desynced = True
+            raise
+
+    async def _resync(self, timeout_s: float) -> None:
+        """After a command went unanswered, its ack may still come and would be taken for the
+        next command's. A barrier re-aligns: `show neighbor summary` always prints its header
+        line before its own `done`, so every ack before that header is a late one."""
+        self._barrier, self._barrier_seen = BARRIER_HEADER, False
+        try:
+            ack = await self._exchange_once(BARRIER, timeout_s)
+        finally:
+            seen, self._barrier = self._barrier_seen, None
+        if ack is not Ack.DONE or not seen:
+            raise SpeakerError(BARRIER, f"{ack.value} without its header: still out of step")
+        self._desynced = False
+        log.info("command channel back in step with ExaBGP")
+
+    async def _exchange_once(self, line: str, timeout_s: float) -> Ack:
         if self.closed.is_set():
             raise SpeakerError(line, "the channel is closed (stdin EOF)")
         self._pending = asyncio.get_running_loop().create_future()
