@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.control_plane import run_control_plane
-from bench.detection import run_detection
+from bench.detection import FAULTS, DetectionPlan, exabgp_beside, run_detection
 from bench.probe_scale import ScalePlan, run_probe_scale
 from bench.procstat import machine
 from bench.report import markdown, performance_doc, ratio, targets, versions
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("scale", "detection", "control")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -35,19 +36,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=20.0)
     p.add_argument("--baseline-warmup", type=float, default=15.0)
     p.add_argument("--phase-spread", action="store_true", help="experiment: see agent_proc")
-    p.add_argument("--skip-detection", action="store_true")
+    p.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
+    p.add_argument(
+        "--skip-detection", action="store_true", help="same as leaving it out of --parts"
+    )
+    p.add_argument("--trials", type=int, default=20, help="detection trials per engine")
+    p.add_argument("--detection-n", type=int, help="detection bench targets (max of --sizes)")
+    p.add_argument("--fault", choices=sorted(FAULTS), default="refuse")
+    p.add_argument("--exabgp", help="ExaBGP for the detection bench (beside --python)")
     p.add_argument("--smoke", action="store_true", help="N=20 for a few seconds (CI)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     p.add_argument("--python", default=sys.executable, help="interpreter with the agent")
     args = p.parse_args(argv)
+    args.parts = {part for part in args.parts.split(",") if part}
+    if unknown := args.parts - set(PARTS):
+        p.error(f"unknown --parts {sorted(unknown)}; choose from {','.join(PARTS)}")
+    if args.skip_detection:
+        args.parts.discard("detection")
     if os.geteuid() != 0:
         print("the bench needs root (network namespaces)", file=sys.stderr)
         return 2
     if args.smoke:
         args.sizes, args.baseline_sizes = (20,), (20,)
         args.warmup, args.window, args.baseline_warmup = 1.0, 3.0, 2.0
-        args.skip_detection = True
+        args.trials, args.detection_n = 2, 20
     plan = ScalePlan(
         sizes=args.sizes,
         modes=tuple(m for m in args.modes.split(",") if m),
@@ -70,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table)
     print(f"\nresults: {out}")
-    if not args.smoke:
+    if args.smoke or args.parts != set(PARTS):
+        print("docs/performance.md not updated (smoke or partial run)")
+    else:
         rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
         args.docs.write_text(performance_doc(result, table, str(rel)))
         print(f"updated: {args.docs}")
@@ -80,23 +97,35 @@ def main(argv: list[str] | None = None) -> int:
 def run_all(
     args: argparse.Namespace, plan: ScalePlan, work: Path, now: datetime.datetime
 ) -> dict[str, Any]:
-    print(f"probe scale: sizes {plan.sizes}, modes {plan.modes}, baseline {plan.baseline_sizes}")
-    rows = run_probe_scale(work, plan)
+    rows: list[dict[str, Any]] = []
+    if "scale" in args.parts:
+        print(f"probe scale: sizes {plan.sizes}, modes {plan.modes}, "
+              f"baseline {plan.baseline_sizes}")  # fmt: skip
+        rows = run_probe_scale(work, plan)
     ratio_n = plan.baseline_sizes[0] if plan.baseline_sizes else 0
     ratios = ratio(rows, ratio_n)
     big = max(plan.sizes)
-    detection: dict[str, Any] = (
-        {"skipped": "not requested (--skip-detection or --smoke)"}
-        if args.skip_detection
-        else run_detection(work, big, args.python)
-    )
-    control = run_control_plane(work, big, args.python, plan.warmup_s)
+    detection: dict[str, Any] = {"skipped": "not requested (--parts)"}
+    if "detection" in args.parts:
+        dplan = DetectionPlan(
+            n=args.detection_n or big,
+            trials=args.trials,
+            python=args.python,
+            exabgp=args.exabgp or exabgp_beside(args.python),
+            fault=args.fault,
+        )
+        print(f"detection: N={dplan.n}, {dplan.trials} trials per engine, fault {dplan.fault}")
+        detection = run_detection(work, dplan)
+    control: dict[str, Any] = {"skipped": "not requested (--parts)"}
+    if "control" in args.parts:
+        control = run_control_plane(work, big, args.python, plan.warmup_s)
     return {
         "date": now.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:]),
         "machine": machine(),
         "versions": versions(args.python),
         "plan": {
+            "parts": sorted(args.parts),
             "sizes": list(plan.sizes),
             "modes": list(plan.modes),
             "baseline_sizes": list(plan.baseline_sizes),
@@ -106,7 +135,7 @@ def run_all(
         },
         "probe_scale": rows,
         "ratios": ratios,
-        "targets": targets(rows, (ratios.get("fresh") and ratios) or {}, big),
+        "targets": targets(rows, (ratios.get("fresh") and ratios) or {}, big, detection),
         "detection": detection,
         "control_plane": control,
     }

@@ -68,6 +68,7 @@ def run_agent(box: Sandbox, work: Path, n: int, mode: str, plan: ScalePlan) -> d
         "cpu_s": round(d["cpu_s"], 3),
         "cpu_ms_per_probe": round(1000 * d["cpu_s"] / probes, 3) if probes else None,
         "cpu_pct_one_core": round(100 * d["cpu_s"] / wall_s, 1),
+        "cpu_sys_share": round(d["sys_s"] / d["cpu_s"], 2) if d["cpu_s"] else None,
         "rss_mib": round(d["rss_hwm_kib"] / 1024, 1),
         "jitter_p50_ms": ms(percentile(lateness, 50)),
         "jitter_p99_ms": ms(percentile(lateness, 99)),

@@ -67,7 +67,10 @@ def ratio(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def targets(
-    rows: Sequence[dict[str, Any]], ratios: dict[str, Any], big: int
+    rows: Sequence[dict[str, Any]],
+    ratios: dict[str, Any],
+    big: int,
+    detection: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured figure and whether it holds."""
     checks: list[dict[str, Any]] = []
@@ -88,6 +91,10 @@ def targets(
             row["jitter_p99_ms"] is not None and row["jitter_p99_ms"] < 50)  # fmt: skip
         add(f"{mode} N={big} missed slots", row["missed_slots"], "0", row["missed_slots"] == 0)
         add(f"{mode} N={big} RSS MiB", row["rss_mib"], "< 80", row["rss_mib"] < 80)
+    agent = (detection or {}).get("engines", {}).get("anycast-agent", {})
+    if detection is not None and detection.get("n") == big and "decision_to_upstream_ms" in agent:
+        p99 = agent["decision_to_upstream_ms"]["p99"]
+        add(f"decision -> upstream RIB p99 ms, N={big}", p99, "< 50", p99 < 50)
     return checks
 
 
@@ -127,13 +134,49 @@ def markdown(result: dict[str, Any]) -> str:
         for t in result["targets"]:
             holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
             lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
-    for part in ("detection", "control_plane"):
+    lines += ["", *detection_markdown(result["detection"])]
+    for part in ("control_plane",):
         section = result[part]
         if "skipped" in section:
             lines += ["", f"{part.replace('_', '-')} bench skipped: {section['skipped']}"]
         else:
             lines += ["", f"{part.replace('_', '-')}: `{section}`"]
     return "\n".join(lines)
+
+
+DETECTION_COLUMNS = (
+    ("inject_to_upstream_ms", "injection → upstream RIB"),
+    ("decision_to_upstream_ms", "decision → upstream RIB"),
+    ("inject_to_decision_ms", "injection → decision"),
+    ("decision_to_command_ms", "decision → withdraw logged by the agent"),
+)
+
+
+def detection_markdown(section: dict[str, Any]) -> list[str]:
+    if "skipped" in section:
+        return [f"detection bench skipped: {section['skipped']}"]
+    head = " | ".join(f"{title} p50 / p99 ms" for _, title in DETECTION_COLUMNS)
+    lines = [
+        f"Detection, N={section['n']} targets, interval {section['interval_s']:g} s, "
+        f"fall {section['fall']}, rise {section['rise']}, fault: {section['fault']}; "
+        f"upstream {section['upstream']}:",
+        "",
+        f"| engine | trials done | {head} | min-max injection → upstream ms |",
+        "|---|---|" + "---|" * len(DETECTION_COLUMNS) + "---|",
+    ]
+    for engine, e in section["engines"].items():
+        cells = []
+        for key, _ in DETECTION_COLUMNS:
+            figure = e.get(key)
+            cells.append(f"{figure['p50']} / {figure['p99']}" if figure else "-")
+        spread = e.get("inject_to_upstream_ms")
+        span = f"{spread['min']} to {spread['max']}" if spread else "-"
+        lines.append(
+            f"| {engine} | {e['completed']} of {e['trials']} | {' | '.join(cells)} | {span} |"
+        )
+        for error in e.get("errors", [])[:3]:
+            lines.append(f"| {engine} | error: {error} |")
+    return lines
 
 
 def performance_doc(result: dict[str, Any], table: str, results_file: str) -> str:
@@ -166,6 +209,19 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
 - **Modes**: `fresh` (default: a new connection per probe), `keepalive` (`http.keepalive:
   true`: one connection per target, re-opened at least every 30 probes, so a server that stops
   accepting connections is still detected within 30 + fall probes).
+- **Detection**: GoBGP as the upstream in one namespace, ExaBGP in the PoP namespace with
+  the agent as its API process (config from `anycast-agent render exabgp`), probing one
+  measured service (one edge on its own address) and N - 1 healthy background targets. Each
+  trial waits a random part of the interval, then adds an nft rule in the PoP namespace that
+  fails the measured edge (the fault named in the table), and waits for the service's prefix
+  to be withdrawn in GoBGP's RIB, read from `gobgp monitor global rib -j` and stamped when the
+  line is read; then removes the rule and waits for the re-announce. *Injection* is when the
+  nft command returned; *decision* is the agent's log line `target web/edge1 suspicious ->
+  unhealthy` (the probe that completed the fall count). All three are wall-clock times on
+  the same machine. ExaBGP's healthcheck runs the same trials as one process
+  (`--withdraw-on-down`, curl, same interval/rise/fall, no background checks: each of its
+  checks is a process of its own); it logs no timestamped decision. With 20 trials p99 is the
+  slowest trial (nearest rank).
 - On this machine client and server share the kernel: the agent's CPU includes the kernel
   work of both ends of each loopback TCP handshake (softirq runs in the connecting process),
   which a router probing remote edges does not pay.

@@ -35,7 +35,7 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -52,6 +52,17 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
         assert row["probes"] > 0
     (baseline,) = [r for r in result["probe_scale"] if r["engine"] == "exabgp-healthcheck"]
     assert "skipped" in baseline or baseline.keys() >= ROW_FIELDS
+    detection = result["detection"]
+    if shutil.which("gobgpd") is not None:
+        engines = detection["engines"]
+        assert set(engines) == {"anycast-agent", "exabgp-healthcheck"}
+        for engine in engines.values():
+            assert engine["completed"] == engine["trials"] == 2, engine
+            assert engine["inject_to_upstream_ms"]["count"] == 2
+        assert engines["anycast-agent"]["decision_to_upstream_ms"]["count"] == 2
+    else:
+        assert "skipped" in detection
+    assert "Detection" in proc.stdout or "detection bench skipped" in proc.stdout
     assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     assert "aab-" not in listed.stdout, "the bench left a namespace behind"
