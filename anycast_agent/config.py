@@ -332,7 +332,7 @@ class HttpCheck(Strict):
             port = parts.port
         except ValueError:
             raise ValueError(f"invalid port in URL {v!r}") from None
-        if port == 0 or any(c.isspace() or not c.isprintable() for c in v):
+        if port == 0 or any(not c.isprintable() for c in v):
             raise ValueError(f"invalid URL {v!r}")
         return v
 

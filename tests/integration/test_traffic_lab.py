@@ -216,11 +216,16 @@ def write_state(agent: AgentLab, drains: list[dict[str, object]]) -> None:
 def test_drain_persisted_survives_kill9(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
-    grace = 6.0  # from writing the state file: covers ExaBGP's start and the agent's rise
-    agent = AgentLab(
-        pop_lab_factory(exabgp_version=exabgp_version),
-        [ServiceSpec("web", [WEB], edges=[0], extra={"drain_grace": grace})],
+    grace = 3.0
+    agent = start(
+        pop_lab_factory,
+        exabgp_version,
+        ServiceSpec("web", [WEB], edges=[0], extra={"drain_grace": grace}),
     )
+    bird = agent.lab.bird
+    bird.wait_route(WEB, timeout_s=10)
+    # The drain arrives through the state file and a kill -9: the respawned agent reads it,
+    # adopts the held route and drains it: max MED, prepends and GRACEFUL_SHUTDOWN first.
     write_state(
         agent,
         [
@@ -233,13 +238,15 @@ def test_drain_persisted_survives_kill9(
             }
         ],
     )
-    agent.start()
-    bird = agent.lab.bird
-    # Drained from the first announce: max MED, prepends and GRACEFUL_SHUTDOWN, then withdrawn.
-    wait_for(lambda: bird.route(WEB), timeout_s=10, what="drained route")
+    os.kill(agent.agent_pid(), signal.SIGKILL)
+    wait_for(
+        lambda: bird.route(WEB),
+        lambda rs: bool(rs) and rs[0].med == 4294967294,
+        timeout_s=grace,
+        what="drained route",
+    )
     [route] = bird.route(WEB)
-    assert route.med == 4294967294 and len(route.as_path) == 4
-    assert "65535:0" in route.communities
+    assert len(route.as_path) == 4 and "65535:0" in route.communities
     bird.wait_route(WEB, present=False, timeout_s=grace + 5)
     before = bird.import_counters("pop0_v4")
     mark = len(agent.log())
