@@ -55,7 +55,7 @@ unit: $(VENV)/.stamp
 	$(PY) -m pytest -q tests/unit
 
 test: deps venv lint
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -rfEsP tests
 
 demo: deps venv
 	$(PY) -m tests.lab.demo

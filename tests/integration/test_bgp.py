@@ -134,7 +134,10 @@ def test_removed_service_withdrawn_after_respawn(
     agent.write_config(data)
     os.kill(agent.agent_pid(), signal.SIGKILL)
     bird.wait_route(API, present=False, timeout_s=5)
-    assert "withdraw 192.0.2.20/32 to 198.51.100.1: no longer configured for this neighbor" in agent.log()
+    assert (
+        "withdraw 192.0.2.20/32 to 198.51.100.1: no longer configured for this neighbor"
+        in agent.log()
+    )
     agent.wait_log("service web unknown -> up")
     after = bird.import_counters(SESSION)
     # Exactly one withdraw (api's) and no announce: web saw nothing.
