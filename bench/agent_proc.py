@@ -25,6 +25,7 @@ import anycast_agent.agent as agent_module
 from anycast_agent import logs
 from anycast_agent.agent import Agent, DryRunSpeaker
 from anycast_agent.config import load_config
+from anycast_agent.control.server import ControlServer
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes.base import Probe
 from anycast_agent.probes.schedule import run_schedule
@@ -135,7 +136,9 @@ async def _main(config_path: Path, warmup_s: float, window_s: float) -> dict[str
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(config, DryRunSpeaker(lambda line: print(line, flush=True)))
+    agent = Agent(config, DryRunSpeaker(lambda line: print(line, flush=True)), dry_run=True)
+    # As `run` does: the control endpoint (status, metrics) in the same loop as the probes.
+    agent.control = ControlServer.from_config(agent, config.control)
     measured: dict[str, object] = {}
 
     async def measure() -> None:

@@ -122,6 +122,12 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{row['skipped']} |")  # fmt: skip
             continue
         lines.append("| " + " | ".join(_cell(row.get(key)) for key, _ in COLUMNS) + " |")
+    notes = [
+        f"{row['engine']} N={row['n']}: {row['note']}"
+        for row in result["probe_scale"]
+        if "skipped" not in row and row.get("note")
+    ]
+    lines += [""] + [f"- {note}" for note in notes] if notes else []
     ratios = result["ratios"]
     figures = ", ".join(f"{k} {v}x" for k, v in ratios.items() if k not in ("n", "note"))
     lines += [

@@ -7,6 +7,7 @@ the body, and only then calls the controller. A new intent is a new row, not a n
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Protocol, TypeAlias, TypeVar
 
 from aiohttp import web
-from prometheus_client.core import CollectorRegistry
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -80,7 +80,6 @@ class Settings:
 
 CONTROLLER = web.AppKey("controller", Controller)
 SETTINGS = web.AppKey("settings", Settings)
-REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
 class ApiError(Exception):
@@ -382,7 +381,14 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body, content_type = metrics.render(request.app[REGISTRY], request.headers.get("Accept", ""))
+    # The snapshot is taken on the loop (it reads the agent's live state); the rendering, the
+    # expensive part, runs in a thread on that immutable snapshot.
+    snap = request.app[CONTROLLER].snapshot()
+    accept = request.headers.get("Accept", "")
+    monotonic = request.app[SETTINGS].monotonic
+    body, content_type = await asyncio.to_thread(
+        metrics.render_snapshot, snap, accept, monotonic=monotonic
+    )
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -540,7 +546,6 @@ def make_app(
     app = web.Application(middlewares=[_errors], client_max_size=max_body)
     app[CONTROLLER] = controller
     app[SETTINGS] = Settings(token, max_body, stale_after_s, monotonic, wall_clock)
-    app[REGISTRY] = metrics.make_registry(controller.snapshot, monotonic=monotonic)
     for path, handler in READS:
         app.router.add_route("GET", path, handler)
     for intent in intents:

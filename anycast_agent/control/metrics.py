@@ -210,6 +210,14 @@ def make_registry(
     return registry
 
 
+def render_snapshot(
+    snap: Snapshot, accept: str, *, monotonic: Callable[[], float] = time.monotonic
+) -> tuple[bytes, str]:
+    """The exposition of one fixed snapshot: safe to run off the event loop (measured: 2000
+    targets make ~20,000 series and ~280 ms of rendering, which must not stall the probes)."""
+    return render(make_registry(lambda: snap, monotonic=monotonic), accept)
+
+
 def render(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     """The exposition body and its content type, negotiated from the scraper's Accept header."""
     encoder, content_type = choose_encoder(accept)
