@@ -6,7 +6,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anycast_agent.config import OnDown, Service
+from anycast_agent.config import Service
 from anycast_agent.core.health import Health
 
 
@@ -23,7 +23,6 @@ class Decision:
     decided: int
     total: int
     quorum: int
-    med: int
     reason: str
 
 
@@ -36,16 +35,14 @@ def decide(service: Service, healths: Sequence[Health]) -> Decision:
     undecided = total - decided
     counts = f"{healthy}/{total} targets healthy, quorum {quorum}"
     if healthy >= quorum:
-        return Decision(ServiceStatus.UP, healthy, decided, total, quorum, service.med, counts)
+        return Decision(ServiceStatus.UP, healthy, decided, total, quorum, counts)
     if healthy + undecided < quorum:
-        med = service.med_down if service.on_down is OnDown.DEPREFER else service.med
-        return Decision(ServiceStatus.DOWN, healthy, decided, total, quorum, med, counts)
+        return Decision(ServiceStatus.DOWN, healthy, decided, total, quorum, counts)
     return Decision(
         ServiceStatus.UNKNOWN,
         healthy,
         decided,
         total,
         quorum,
-        service.med,
         f"{counts}, {undecided} undecided",
     )

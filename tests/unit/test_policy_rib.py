@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from anycast_agent.config import OnDown
 from anycast_agent.core.commands import Announce, Withdraw
 from anycast_agent.core.health import Health
-from anycast_agent.core.policy import ServiceStatus, decide
+from anycast_agent.core.policy import decide
 from anycast_agent.core.rib import Rib
 from anycast_agent.model import RouteAttrs, RouteKey, TargetState
 from tests.unit.builders import make_config
@@ -41,13 +40,6 @@ def test_quorum_transcript() -> None:
     assert status("hx", min_healthy=2) == "down"
     assert status("hh", min_healthy="100%") == "up"
     assert status("hx", min_healthy="50%") == "up"
-
-
-def test_deprefer_keeps_med_down() -> None:
-    cfg = make_config()
-    deprefer = cfg.services[0].model_copy(update={"on_down": OnDown.DEPREFER, "med_down": 5000})
-    d = decide(deprefer, healths("xx"))
-    assert d.status is ServiceStatus.DOWN and d.med == 5000
 
 
 K1 = RouteKey("198.51.100.1", "192.0.2.10/32")
