@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--window", type=float, default=20.0)
     p.add_argument("--baseline-warmup", type=float, default=15.0)
-    p.add_argument("--phase-spread", action="store_true", help="experiment: see agent_proc")
     p.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
     )
@@ -71,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         window_s=args.window,
         baseline_warmup_s=args.baseline_warmup,
         python=args.python,
-        phase_spread=args.phase_spread,
     )
     now = datetime.datetime.now(datetime.UTC)
     work = Path(tempfile.mkdtemp(prefix="aab-bench-"))
@@ -131,7 +129,6 @@ def run_all(
             "baseline_sizes": list(plan.baseline_sizes),
             "warmup_s": plan.warmup_s,
             "window_s": plan.window_s,
-            "phase_spread": plan.phase_spread,
         },
         "probe_scale": rows,
         "ratios": ratios,

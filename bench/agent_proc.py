@@ -1,9 +1,9 @@
 """The agent as `anycast-agent run --dry-run` runs it, plus a probe-clock recorder (bench only).
 
 Started inside the bench namespace by `bench.probe_scale`. The only difference from the CLI
-is that each target's schedule is wrapped to note when every probe was due and when it
-started (two clock reads per probe), and the run ends itself after `--warmup` + `--window`
-seconds, writing what it measured over the window to `--out` as JSON.
+is that each target's schedule reports to a recorder how late each probe started against its
+slot (its `on_start` hook: one clock read per probe), and the run ends itself after
+`--warmup` + `--window` seconds, writing what it measured over the window to `--out` as JSON.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import signal
 import sys
 import time
@@ -27,8 +26,7 @@ from anycast_agent.agent import Agent, DryRunSpeaker
 from anycast_agent.config import load_config
 from anycast_agent.control.server import ControlServer
 from anycast_agent.model import ProbeResult
-from anycast_agent.probes.base import Probe
-from anycast_agent.probes.schedule import run_schedule
+from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
 
 
 @dataclass
@@ -59,70 +57,34 @@ class Recorder:
         if self.open:
             self.skipped += slots
 
+    def start(self, late_s: float) -> None:
+        if self.open:
+            self.lateness_s.append(late_s)
+            self.started += 1
+
 
 RECORDER = Recorder()
-# `--phase-spread`: start each target's grid at a random phase of its interval instead of all at
-# once (an experiment for the scheduler, labelled `+spread` in the report; off by default).
-PHASE_SPREAD = False
-_phases = random.Random(7)
 
 
-class _TimedProbe:
-    """Notes when each probe was due and started. Plain functions that return the inner
-    awaitables (no coroutine of their own), so the recorder adds two clock reads per probe
-    and little else to the CPU it measures."""
+def recording(schedule: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """`schedule` (either probe driver) with the recorder on its result, skip and start hooks."""
 
-    __slots__ = ("due", "inner")
+    def wrapped(*args: Any, **kw: Any) -> Awaitable[None]:
+        *leading, on_result = args  # the agent passes on_result last of the positionals
+        agent_on_skip: Callable[[int], None] | None = kw.pop("on_skip", None)
 
-    def __init__(self, inner: Probe) -> None:
-        self.inner = inner
-        self.due: float | None = None
+        def on_both(result: ProbeResult) -> None:
+            RECORDER.result(result)
+            on_result(result)
 
-    def check(self) -> Awaitable[ProbeResult]:
-        if RECORDER.open:
-            if self.due is not None:
-                RECORDER.lateness_s.append(time.monotonic() - self.due)
-            RECORDER.started += 1
-        return self.inner.check()
+        def on_skip(slots: int) -> None:
+            RECORDER.skip(slots)
+            if agent_on_skip is not None:
+                agent_on_skip(slots)
 
+        return schedule(*leading, on_both, on_skip=on_skip, on_start=RECORDER.start, **kw)
 
-def recording_schedule(
-    probe: Probe, interval_s: float, on_result: Callable[[ProbeResult], None], **kw: Any
-) -> Awaitable[None]:
-    timed = _TimedProbe(probe)
-
-    def sleep(delay_s: float) -> Awaitable[None]:
-        timed.due = time.monotonic() + delay_s
-        return asyncio.sleep(delay_s)
-
-    def on_both(result: ProbeResult) -> None:
-        RECORDER.result(result)
-        on_result(result)
-
-    agent_on_skip: Callable[[int], None] | None = kw.pop("on_skip", None)
-
-    def on_skip(slots: int) -> None:
-        RECORDER.skip(slots)
-        if agent_on_skip is not None:
-            agent_on_skip(slots)
-
-    schedule = run_schedule(
-        timed,  # type: ignore[arg-type]
-        interval_s,
-        on_both,
-        sleep=sleep,
-        on_skip=on_skip,
-        **kw,
-    )
-    if not PHASE_SPREAD:
-        return schedule
-    phase_s = _phases.random() * interval_s
-
-    async def spread() -> None:
-        await asyncio.sleep(phase_s)
-        await schedule
-
-    return spread()
+    return wrapped
 
 
 def _cpu_s() -> tuple[float, float]:
@@ -175,12 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=20.0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--log-level", default="WARNING")
-    p.add_argument("--phase-spread", action="store_true")
     args = p.parse_args(argv)
     logs.setup(args.log_level)
-    global PHASE_SPREAD  # noqa: PLW0603 - set once, before the loop starts
-    PHASE_SPREAD = args.phase_spread
-    agent_module.run_schedule = recording_schedule  # type: ignore[assignment]
+    agent_module.run_schedule = recording(run_schedule)
+    agent_module.run_callback_schedule = recording(run_callback_schedule)
     measured = asyncio.run(_main(args.config, args.warmup, args.window))
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     measured.update(

@@ -25,7 +25,6 @@ class ScalePlan:
     window_s: float
     baseline_warmup_s: float
     python: str
-    phase_spread: bool = False
 
 
 def run_agent(box: Sandbox, work: Path, n: int, mode: str, plan: ScalePlan) -> dict[str, object]:
@@ -44,8 +43,6 @@ def run_agent(box: Sandbox, work: Path, n: int, mode: str, plan: ScalePlan) -> d
         "--window", f"{plan.window_s:g}",
         "--out", str(out),
     ]  # fmt: skip
-    if plan.phase_spread:
-        argv.append("--phase-spread")
     proc = box.spawn(argv, stderr=work / f"agent-{mode}-{n}.log")
     try:
         proc.wait(plan.warmup_s + plan.window_s + AGENT_EXIT_GRACE_S)
@@ -60,7 +57,7 @@ def run_agent(box: Sandbox, work: Path, n: int, mode: str, plan: ScalePlan) -> d
     wall_s = d["wall_s"]
     return {
         "engine": "anycast-agent",
-        "mode": mode + ("+spread" if plan.phase_spread else ""),
+        "mode": mode,
         "n": n,
         "window_s": round(wall_s, 2),
         "probes": probes,

@@ -10,14 +10,22 @@ from typing import Self, assert_never
 import aiohttp
 
 from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
-from anycast_agent.probes.base import Probe
+from anycast_agent.probes.base import CallbackProbe, Probe
 from anycast_agent.probes.dns import DnsProbe
+from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
-from anycast_agent.probes.http import HttpProbe
-from anycast_agent.probes.schedule import run_schedule
+from anycast_agent.probes.http import HttpProbe, LeanHttpProbe, lean_capable
+from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
 from anycast_agent.probes.tcp import TcpProbe
 
-__all__ = ["Probe", "ProbeFactory", "run_schedule"]
+__all__ = [
+    "CallbackProbe",
+    "Engine",
+    "Probe",
+    "ProbeFactory",
+    "run_callback_schedule",
+    "run_schedule",
+]
 
 USER_AGENT = "anycast-agent"
 
@@ -26,8 +34,9 @@ class ProbeFactory:
     """Builds probes from checks; owns the HTTP session (one connector for every HTTP target)
     and the TLS contexts, all closed on exit.
 
-    Every HTTP probe opens a fresh connection (no keep-alive), so a server that stops accepting
-    connections fails its next check instead of hiding behind a pooled one.
+    Every HTTP probe opens a fresh connection unless its check asks for keep-alive, so a server
+    that stops accepting connections fails its next check instead of hiding behind a pooled
+    one. IP-literal http:// checks get the lean client (`LeanHttpProbe`), the rest aiohttp.
     """
 
     def __init__(self) -> None:
@@ -35,10 +44,21 @@ class ProbeFactory:
         self._verifying: ssl.SSLContext | None = None
         self._unverified: ssl.SSLContext | None = None
         self._exec_env: dict[str, str] | None = None
-        self._http: set[HttpProbe] = set()  # may hold kept-alive sockets: closed on release/exit
+        self._lean: set[LeanHttpProbe] = (
+            set()
+        )  # may hold kept-alive sockets: closed on release/exit
         self._exec_prefix: tuple[str, ...] = ()
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The timers and epoll set the lean probes and their schedules share."""
+        if self._engine is None:
+            raise RuntimeError("ProbeFactory.engine used outside `async with`")
+        return self._engine
 
     async def __aenter__(self) -> Self:
+        self._engine = Engine()
         connector = aiohttp.TCPConnector(force_close=True, limit=0, enable_cleanup_closed=False)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -55,17 +75,20 @@ class ProbeFactory:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for probe in self._http:
+        for probe in self._lean:
             probe.close()
-        self._http.clear()
+        self._lean.clear()
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def release(self, probe: Probe) -> None:
         """A probe that will not run again (its target was reloaded away): free its sockets."""
-        if isinstance(probe, HttpProbe) and probe in self._http:
-            self._http.discard(probe)
+        if isinstance(probe, LeanHttpProbe) and probe in self._lean:
+            self._lean.discard(probe)
             probe.close()
 
     def build(self, check: HttpCheck | TcpCheck | ExecCheck | DnsCheck, timeout_s: float) -> Probe:
@@ -76,9 +99,11 @@ class ProbeFactory:
             case HttpCheck():
                 if self._session is None:
                     raise RuntimeError("ProbeFactory.build() called outside `async with`")
-                probe = HttpProbe(check, timeout_s, self._session, self._tls(check))
-                self._http.add(probe)
-                return probe
+                if lean_capable(check.url):
+                    lean = LeanHttpProbe(check, timeout_s, self._session, self.engine)
+                    self._lean.add(lean)
+                    return lean
+                return HttpProbe(check, timeout_s, self._session, self._tls(check))
             case TcpCheck():
                 return TcpProbe(check, timeout_s)
             case ExecCheck():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from anycast_agent.model import ProbeResult
 
@@ -17,6 +18,21 @@ class Probe(Protocol):
     """
 
     async def check(self) -> ProbeResult: ...
+
+
+@runtime_checkable
+class CallbackProbe(Protocol):
+    """A probe that also runs without a coroutine: `start(done)` begins one check on the
+    running loop and returns at once; `done(result)` is then called exactly once, from a loop
+    callback or before `start` returns, within the probe's timeout, unless `abort()` is called
+    first (after which nothing is called). Expected failures are results, as for `Probe`.
+    `run_callback_schedule` drives these; `check` stays for everything else."""
+
+    async def check(self) -> ProbeResult: ...
+
+    def start(self, done: Callable[[ProbeResult], None]) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 def timeout_reason(timeout_s: float) -> str:

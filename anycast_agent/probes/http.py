@@ -6,11 +6,12 @@ import asyncio
 import errno
 import ipaddress
 import json
+import logging
 import math
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -18,10 +19,13 @@ from yarl import URL
 from anycast_agent.config import HttpCheck
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes.base import host_port, timeout_reason
+from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.http_lean import (
     BadResponse,
     ConnectError,
     Connection,
+    Outcome,
+    Response,
     ServerClosed,
     build_request,
 )
@@ -32,33 +36,49 @@ USER_AGENT = "anycast-agent"
 # With keep-alive on, a fresh connection at least this often (see http_lean.Connection).
 KEEPALIVE_MAX_REUSES = 30
 
+log = logging.getLogger(__name__)
 
-class HttpProbe:
-    """GET or HEAD `check.url`; nothing is allocated per check but the request itself.
 
-    A plain-HTTP URL whose host is an IP literal (the usual edge check) goes through the lean
-    client (`http_lean`), fresh connection per check unless `check.keepalive`; HTTPS and host
-    names go through the shared aiohttp session (always a fresh connection).
-    """
+class _Judge:
+    """What an HTTP check accepts (status, body) and the load figure it reads."""
 
-    __slots__ = (
-        "_body_re",
-        "_expect",
-        "_expect_text",
-        "_headers",
-        "_json_path",
-        "_lean",
-        "_lean_request",
-        "_load_header",
-        "_method",
-        "_read_body",
-        "_server_hostname",
-        "_session",
-        "_ssl",
-        "_timeout_s",
-        "_url",
-        "_where",
-    )
+    __slots__ = ("_body_re", "_expect", "_expect_text", "_json_path", "_load_header", "_read_body")
+
+    def __init__(self, check: HttpCheck) -> None:
+        self._expect = frozenset(check.expect_status)
+        self._expect_text = "[" + ", ".join(str(s) for s in check.expect_status) + "]"
+        self._body_re = re.compile(check.body_regex) if check.body_regex is not None else None
+        # Lower case: the lean client's header names are, aiohttp's lookups ignore case.
+        self._load_header = check.load_header.lower() if check.load_header is not None else None
+        self._json_path = (
+            tuple(check.load_json_field.split(".")) if check.load_json_field is not None else None
+        )
+        self._read_body = check.method == "GET" and (
+            self._body_re is not None or self._json_path is not None
+        )
+
+    def status(self, status: int) -> str:
+        return "" if status in self._expect else f"status {status} not in {self._expect_text}"
+
+    def body(self, body: bytes) -> str:
+        if self._body_re is not None and not self._body_re.search(body.decode("utf-8", "replace")):
+            return f"body does not match /{_shorten(self._body_re.pattern)}/"
+        return ""
+
+    def load(self, headers: Mapping[str, str], body: bytes) -> float | None:
+        if self._load_header is not None:
+            return parse_load(headers.get(self._load_header))
+        if self._json_path is not None:
+            return json_load(body, self._json_path)
+        return None
+
+
+class HttpProbe(_Judge):
+    """GET or HEAD `check.url` through the shared aiohttp session (always a fresh connection):
+    the path for HTTPS and host names. IP-literal http:// URLs go to `LeanHttpProbe`."""
+
+    __slots__ = ("_headers", "_method", "_server_hostname", "_session", "_ssl", "_timeout_s",
+                 "_url", "_where")  # fmt: skip
 
     def __init__(
         self,
@@ -67,6 +87,7 @@ class HttpProbe:
         session: aiohttp.ClientSession,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
+        super().__init__(check)
         self._session = session
         self._timeout_s = timeout_s
         self._method = check.method
@@ -75,40 +96,8 @@ class HttpProbe:
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._server_hostname = check.server_name
         self._headers = {"Host": check.host} if check.host is not None else None
-        self._expect = frozenset(check.expect_status)
-        self._expect_text = "[" + ", ".join(str(s) for s in check.expect_status) + "]"
-        self._body_re = re.compile(check.body_regex) if check.body_regex is not None else None
-        self._load_header = check.load_header
-        self._json_path = (
-            tuple(check.load_json_field.split(".")) if check.load_json_field is not None else None
-        )
-        self._read_body = check.method == "GET" and (
-            self._body_re is not None or self._json_path is not None
-        )
-        self._lean: Connection | None = None
-        self._lean_request = b""
-        host = self._url.raw_host or ""
-        if self._url.scheme == "http" and _is_ip(host):
-            self._lean = Connection(
-                host,
-                self._url.port or 80,
-                keepalive=check.keepalive,
-                need_headers=self._load_header is not None,
-                body_limit=BODY_LIMIT,
-                max_reuses=KEEPALIVE_MAX_REUSES,
-            )
-            default_host = self._url.raw_authority  # what aiohttp sends: host[:port] as written
-            self._lean_request = build_request(
-                check.method,
-                self._url.raw_path_qs,
-                check.host if check.host is not None else default_host,
-                USER_AGENT,
-                check.keepalive,
-            )
 
     async def check(self) -> ProbeResult:
-        if self._lean is not None:
-            return await self._check_lean(self._lean)
         start = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -124,52 +113,7 @@ class HttpProbe:
         )
 
     def close(self) -> None:
-        """Close a kept-alive connection (the factory that built the probe should call this on
-        exit; without it the socket lives until the probe is collected)."""
-        if self._lean is not None:
-            self._lean.close()
-
-    async def _check_lean(self, conn: Connection) -> ProbeResult:
-        if self._session.closed:  # the factory that owns every HTTP probe has exited
-            conn.close()
-            raise RuntimeError("Session is closed")
-        start = time.monotonic()
-        load = None
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                resp = await conn.exchange(
-                    self._lean_request, need_body=self._read_body, head_only=self._method == "HEAD"
-                )
-        except TimeoutError:
-            reason = timeout_reason(self._timeout_s)
-        except ConnectError as exc:
-            if exc.errno == errno.ECONNREFUSED:
-                reason = f"connect refused {self._where}"
-            else:
-                reason = f"connect to {self._where} failed: {exc.strerror or exc}"
-        except ServerClosed:
-            reason = f"{self._where} closed the connection without a response"
-        except BadResponse as exc:
-            reason = f"bad HTTP response from {self._where}: {exc}"
-        except OSError as exc:
-            reason = f"connection to {self._where} failed: {exc.strerror or exc}"
-        else:
-            reason = self._judge(resp.status, resp.body)
-            if not reason:
-                if self._load_header is not None:
-                    load = parse_load(resp.headers.get(self._load_header.lower()))
-                elif self._json_path is not None:
-                    load = json_load(resp.body, self._json_path)
-        return ProbeResult(
-            ok=not reason, latency_s=time.monotonic() - start, reason=reason, load=load
-        )
-
-    def _judge(self, status: int, body: bytes) -> str:
-        if status not in self._expect:
-            return f"status {status} not in {self._expect_text}"
-        if self._body_re is not None and not self._body_re.search(body.decode("utf-8", "replace")):
-            return f"body does not match /{_shorten(self._body_re.pattern)}/"
-        return ""
+        """Nothing to close: the session owns every connection."""
 
     async def _request(self) -> tuple[str, float | None]:
         async with self._session.request(
@@ -180,17 +124,12 @@ class HttpProbe:
             server_hostname=self._server_hostname,
             allow_redirects=False,
         ) as resp:
-            if resp.status not in self._expect:
-                return f"status {resp.status} not in {self._expect_text}", None
+            if reason := self.status(resp.status):
+                return reason, None
             body = await _read_head(resp.content, BODY_LIMIT) if self._read_body else b""
-        if self._body_re is not None and not self._body_re.search(body.decode("utf-8", "replace")):
-            return f"body does not match /{_shorten(self._body_re.pattern)}/", None
-        load = None
-        if self._load_header is not None:
-            load = parse_load(resp.headers.get(self._load_header))
-        elif self._json_path is not None:
-            load = json_load(body, self._json_path)
-        return "", load
+        if reason := self.body(body):
+            return reason, None
+        return "", self.load(resp.headers, body)
 
     def _describe(self, exc: aiohttp.ClientError) -> str:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -212,6 +151,130 @@ class HttpProbe:
         return f"request to {self._where} failed: {type(exc).__name__}: {exc}"
 
 
+class LeanHttpProbe(_Judge):
+    """GET or HEAD an IP-literal http:// URL (the usual edge check) through the lean client
+    (`http_lean`): a fresh connection per check unless `check.keepalive`. A CallbackProbe: the
+    agent runs it from loop timers, with no coroutine per check."""
+
+    __slots__ = ("_checks", "_conn", "_done", "_engine", "_head_only", "_logged", "_request",
+                 "_session", "_started", "_timeout_s", "_where")  # fmt: skip
+
+    def __init__(
+        self, check: HttpCheck, timeout_s: float, session: aiohttp.ClientSession, engine: Engine
+    ) -> None:
+        super().__init__(check)
+        self._engine = engine
+        url = URL(check.url)
+        host, port = url.raw_host or "", url.port or 80
+        self._session = session  # only to notice that the factory owning the probe has exited
+        self._timeout_s = timeout_s
+        self._where = host_port(host, port)
+        self._head_only = check.method == "HEAD"
+        self._conn = Connection(
+            engine,
+            host,
+            port,
+            keepalive=check.keepalive,
+            need_headers=self._load_header is not None,
+            body_limit=BODY_LIMIT,
+            max_reuses=KEEPALIVE_MAX_REUSES,
+        )
+        self._request = build_request(
+            check.method,
+            url.raw_path_qs,
+            check.host if check.host is not None else url.raw_authority,  # as aiohttp sends it
+            USER_AGENT,
+            check.keepalive,
+        )
+        self._done: Callable[[ProbeResult], None] | None = None
+        self._checks = 0  # numbers each check, so a deadline knows whether it is still current
+        self._started = 0.0
+        self._logged = False
+
+    async def check(self) -> ProbeResult:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[ProbeResult] = loop.create_future()
+
+        def done(r: ProbeResult) -> None:
+            if not result.done():
+                result.set_result(r)
+
+        self.start(done)
+        try:
+            return await result
+        finally:
+            self.abort()
+
+    def start(self, done: Callable[[ProbeResult], None]) -> None:
+        if self._session.closed:
+            self._conn.close()
+            raise RuntimeError("Session is closed")
+        if self._done is not None:
+            raise RuntimeError(f"a check of {self._where} is already in flight")
+        self._done = done
+        self._checks += 1
+        self._started = self._engine.time()
+        self._engine.call_at(self._started + self._timeout_s, self._on_deadline, self._checks)
+        self._conn.start(
+            self._request,
+            need_body=self._read_body,
+            head_only=self._head_only,
+            done=self._on_outcome,
+        )
+
+    def abort(self) -> None:
+        if self._done is not None:
+            self._done = None
+            self._conn.abort()
+
+    def close(self) -> None:
+        """Close a kept-alive connection (the factory that built the probe calls this on exit;
+        without it the socket lives until the probe is collected)."""
+        self.abort()
+        self._conn.close()
+
+    def _on_deadline(self, check: int) -> None:
+        if check != self._checks or self._done is None:
+            return  # that check ended in time
+        self._conn.abort()
+        self._report(timeout_reason(self._timeout_s), None)
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        load = None
+        if isinstance(outcome, Response):
+            reason = self.status(outcome.status) or self.body(outcome.body)
+            if not reason:
+                load = self.load(outcome.headers, outcome.body)
+        else:
+            reason = self._describe(outcome)
+        self._report(reason, load)
+
+    def _report(self, reason: str, load: float | None) -> None:
+        done = self._done
+        self._done = None
+        if done is None:
+            return
+        latency_s = self._engine.time() - self._started
+        done(ProbeResult(ok=not reason, latency_s=latency_s, reason=reason, load=load))
+
+    def _describe(self, exc: Exception) -> str:
+        match exc:
+            case ConnectError(errno=errno.ECONNREFUSED):
+                return f"connect refused {self._where}"
+            case ConnectError():
+                return f"connect to {self._where} failed: {exc.strerror or exc}"
+            case ServerClosed():
+                return f"{self._where} closed the connection without a response"
+            case BadResponse():
+                return f"bad HTTP response from {self._where}: {exc}"
+            case OSError():
+                return f"connection to {self._where} failed: {exc.strerror or exc}"
+        if not self._logged:  # a bug in the client: fail the target, say so once
+            log.error("probe of %s failed unexpectedly", self._where, exc_info=exc)
+            self._logged = True
+        return f"probe error: {exc!r}"
+
+
 async def _read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
     """At most `limit` bytes of the body; the rest is left unread (the connection is not reused)."""
     data = await content.read(limit)
@@ -223,12 +286,14 @@ async def _read_head(content: aiohttp.StreamReader, limit: int) -> bytes:
     return bytes(buf)
 
 
-def _is_ip(host: str) -> bool:
+def lean_capable(url: str) -> bool:
+    """Whether `LeanHttpProbe` can check `url`: plain http:// to an IP literal."""
+    parsed = URL(url)
     try:
-        ipaddress.ip_address(host)
+        ipaddress.ip_address(parsed.raw_host or "")
     except ValueError:
         return False
-    return True
+    return parsed.scheme == "http"
 
 
 def parse_load(value: object) -> float | None:

@@ -3,7 +3,8 @@
 Health checks ask little of HTTP (a status line, sometimes a header or the head of a body), so
 this client skips what a general client pays for per request: no pool, no resolver (the address
 is an IP literal), no transport or protocol objects, no cookie or redirect machinery, no header
-objects unless a header is wanted. It drives the socket with the loop's add_reader/add_writer.
+objects unless a header is wanted, and no task, future or coroutine: it drives the socket from
+readiness callbacks of the probe engine (`engine.Engine`).
 Profiled at 1,000 targets, aiohttp's request machinery was about half the agent's CPU
 (docs/performance.md).
 
@@ -16,11 +17,14 @@ detected (after at most `max_reuses` + fall probes).
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from anycast_agent.probes.engine import READ, WRITE, Engine
 
 HEAD_LIMIT = 16 * 1024
 RECV_SIZE = 64 * 1024
@@ -28,6 +32,7 @@ _UNTIL_CLOSE = -1
 _CHUNKED = -2
 _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK)
+_LINGER_RESET = struct.pack("ii", 1, 0)  # on, 0 s: close() sends RST, leaves no TIME_WAIT
 
 
 class ServerClosed(Exception):
@@ -47,6 +52,9 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-case names; empty unless asked for
     body: bytes  # at most body_limit bytes; empty unless asked for
+
+
+Outcome = Response | Exception  # what one exchange ends with
 
 
 def build_request(method: str, target: str, host: str, user_agent: str, keepalive: bool) -> bytes:
@@ -193,21 +201,37 @@ def printable(raw: bytes, limit: int = 60) -> str:
 
 
 class Connection:
-    """HTTP/1.1 exchanges with one address, one at a time (a probe never overlaps its checks)."""
+    """HTTP/1.1 exchanges with one address, one at a time (a probe never overlaps its checks),
+    driven by loop callbacks alone: `start` begins an exchange and `done` gets its outcome.
+
+    A kept-alive socket stays registered for reading between exchanges, so a server that
+    closes an idle connection is noticed (and the socket dropped) as it happens, without a
+    syscall per exchange to ask. Fresh connections are closed with a reset (SO_LINGER 0), as
+    HAProxy closes its health checks: neither end keeps a TIME_WAIT entry per probe.
+    """
 
     __slots__ = (
         "_addr",
         "_body_limit",
+        "_connecting",
+        "_done",
+        "_engine",
         "_family",
+        "_head_only",
         "_keepalive",
         "_max_reuses",
+        "_need_body",
         "_need_headers",
+        "_parser",
+        "_request",
+        "_reused",
         "_sock",
         "_uses",
     )
 
     def __init__(
         self,
+        engine: Engine,
         address: str,
         port: int,
         *,
@@ -224,126 +248,168 @@ class Connection:
         self._max_reuses = max_reuses
         self._sock: socket.socket | None = None
         self._uses = 0
+        self._engine = engine
+        self._connecting = False
+        self._done: Callable[[Outcome], None] | None = None
+        self._parser: ResponseParser | None = None
+        self._request = b""
+        self._need_body = False
+        self._head_only = False
+        self._reused = False
 
-    async def exchange(self, request: bytes, *, need_body: bool, head_only: bool) -> Response:
-        """Send `request` and read the response. Raises ConnectError, OSError, ServerClosed or
-        BadResponse; on any exception (cancellation included) the socket is closed.
+    @property
+    def busy(self) -> bool:
+        return self._done is not None
 
-        A kept connection the server closed while idle is replaced before use; one that fails
-        before any response byte arrives is retried once on a fresh connection (the server
-        may close an idle connection just as the request goes out)."""
-        sock = self._sock
-        reused = sock is not None and self._uses < self._max_reuses and _idle_alive(sock)
-        if not reused:
+    def start(
+        self,
+        request: bytes,
+        *,
+        need_body: bool,
+        head_only: bool,
+        done: Callable[[Outcome], None],
+    ) -> None:
+        """Send `request` and read the response; `done` gets the Response or the exception
+        (ConnectError, OSError, ServerClosed or BadResponse), exactly once, unless `abort`
+        comes first. On any failure the socket is closed.
+
+        A kept connection that fails before any response byte arrives is retried once on a
+        fresh connection (the server may close an idle connection just as the request goes
+        out)."""
+        if self._done is not None:
+            raise RuntimeError("an exchange is already in flight on this connection")
+        self._done = done
+        self._request = request
+        self._need_body = need_body or self._keepalive
+        self._head_only = head_only
+        self._reused = self._sock is not None and self._uses < self._max_reuses
+        if self._sock is not None and not self._reused:
             self.close()
-        for attempt in (0, 1):
-            if self._sock is None:
-                self._sock = await self._connect()
-                self._uses = 0
-            self._uses += 1
-            parser = ResponseParser(
-                need_body=need_body or self._keepalive,
-                need_headers=self._need_headers,
-                head_only=head_only,
-                limit=self._body_limit,
-            )
-            try:
-                response = await _roundtrip(self._sock, request, parser)
-            except (ServerClosed, ConnectionResetError, BrokenPipeError):
-                self.close()
-                if reused and attempt == 0 and not parser.started:
-                    reused = False
-                    continue
-                raise
-            except BaseException:
-                self.close()
-                raise
-            if not (self._keepalive and parser.reusable):
-                self.close()
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _connect(self) -> socket.socket:
-        loop = asyncio.get_running_loop()
-        # Non-blocking from birth: one syscall fewer than setblocking(False) after it.
-        sock = socket.socket(self._family, _STREAM_NONBLOCK)
         try:
-            err = sock.connect_ex(self._addr)
-            if err in _IN_PROGRESS:
-                # A nearby server often completes the handshake within the connect call itself:
-                # asking again costs one syscall, waiting for writability costs a poll round.
-                err = sock.connect_ex(self._addr)
-                if err == errno.EISCONN:
-                    err = 0
-            if err in _IN_PROGRESS or err == errno.EALREADY:
-                fd = sock.fileno()
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(fd, _set_done, writable)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(fd)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise ConnectError(err, os.strerror(err))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+            if self._sock is None:
+                self._connect()
+            else:
+                self._send()
+        except Exception as exc:
+            self._fail(exc)
+
+    def abort(self) -> None:
+        """Give up the exchange in flight (if any): its socket is closed, `done` never called."""
+        if self._done is not None:
+            self._done = None
+            self._parser = None
+            self.close()
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        sock = self._sock
+        if sock is not None:
             self._sock = None
+            self._connecting = False
+            self._engine.unwatch(sock.fileno())
+            sock.close()
 
+    def _connect(self) -> None:
+        # Non-blocking from birth: one syscall fewer than setblocking(False) after it.
+        sock = socket.socket(self._family, _STREAM_NONBLOCK)
+        if not self._keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self._sock = sock
+        self._uses = 0
+        err = sock.connect_ex(self._addr)
+        if err in _IN_PROGRESS:
+            # A nearby server often completes the handshake within the connect call itself:
+            # asking again costs one syscall, waiting for writability costs a poll round.
+            err = sock.connect_ex(self._addr)
+            if err == errno.EISCONN:
+                err = 0
+        if err in _IN_PROGRESS or err == errno.EALREADY:
+            self._connecting = True
+            self._engine.watch(sock.fileno(), WRITE, self._on_event)
+            return
+        if err:
+            raise ConnectError(err, os.strerror(err))
+        self._engine.watch(sock.fileno(), READ, self._on_event)
+        self._send()
 
-async def _roundtrip(sock: socket.socket, request: bytes, parser: ResponseParser) -> Response:
-    """Write the request (small: one send), then read until the parser has a response."""
-    sent = sock.send(request)
-    if sent != len(request):  # a request is a few hundred bytes: a short send means trouble
-        raise BadResponse(f"could only send {sent} of {len(request)} request bytes")
-    loop = asyncio.get_running_loop()
-    fd = sock.fileno()
-    done: asyncio.Future[Response] = loop.create_future()
-    loop.add_reader(fd, _on_readable, sock, parser, done)
-    try:
-        return await done
-    finally:
-        loop.remove_reader(fd)
+    def _on_event(self, events: int) -> None:
+        if self._connecting:
+            self._on_connected()
+        else:
+            self._on_readable()
 
+    def _on_connected(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        self._connecting = False
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise ConnectError(err, os.strerror(err))
+            self._engine.rewatch(sock.fileno(), READ)
+            self._send()
+        except Exception as exc:
+            self._fail(exc)
 
-def _on_readable(
-    sock: socket.socket, parser: ResponseParser, done: asyncio.Future[Response]
-) -> None:
-    if done.done():
-        return
-    try:
-        data = sock.recv(RECV_SIZE)
-    except (BlockingIOError, InterruptedError):
-        return
-    except OSError as exc:
-        done.set_exception(exc)
-        return
-    try:
-        response = parser.feed(data) if data else parser.eof()
-    except (BadResponse, ServerClosed) as exc:
-        done.set_exception(exc)
-        return
-    if response is not None:
-        done.set_result(response)
+    def _send(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        self._uses += 1
+        self._parser = ResponseParser(
+            need_body=self._need_body,
+            need_headers=self._need_headers,
+            head_only=self._head_only,
+            limit=self._body_limit,
+        )
+        request = self._request
+        sent = sock.send(request)
+        if sent != len(request):  # a request is a few hundred bytes: a short send means trouble
+            raise BadResponse(f"could only send {sent} of {len(request)} request bytes")
 
+    def _on_readable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        parser = self._parser
+        if parser is None:  # idle kept connection: the server closed it or sent unasked bytes
+            self.close()
+            return
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        try:
+            response = parser.feed(data) if data else parser.eof()
+        except (BadResponse, ServerClosed) as exc:
+            self._fail(exc)
+            return
+        if response is None:
+            return
+        self._parser = None
+        if not (self._keepalive and parser.reusable):
+            self.close()
+        self._finish(response)
 
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+    def _fail(self, exc: Exception) -> None:
+        parser = self._parser
+        self._parser = None
+        self.close()
+        if (
+            self._reused
+            and isinstance(exc, ServerClosed | ConnectionResetError | BrokenPipeError)
+            and (parser is None or not parser.started)
+        ):
+            self._reused = False
+            try:
+                self._connect()
+            except Exception as again:
+                self._fail(again)
+            return
+        self._finish(exc)
 
-
-def _idle_alive(sock: socket.socket) -> bool:
-    """Whether an idle kept connection is still open and silent (one non-blocking peek)."""
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except (BlockingIOError, InterruptedError):
-        return True
-    except OSError:
-        return False
-    return False  # EOF (b"") or bytes nobody asked for: do not reuse
+    def _finish(self, outcome: Outcome) -> None:
+        done = self._done
+        self._done = None
+        if done is not None:
+            done(outcome)

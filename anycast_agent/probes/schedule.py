@@ -1,4 +1,10 @@
-"""The probe clock: runs one probe per slot on a fixed, jittered, never-drifting grid."""
+"""The probe clock: runs one probe per slot on a fixed, jittered, never-drifting grid.
+
+Two drivers keep the same grid. `run_schedule` awaits a coroutine probe (`Probe.check`).
+`run_callback_schedule` drives a `CallbackProbe` from the probe engine's timers alone: no
+task, future or coroutine per probe, which is what lets one agent probe thousands of targets
+a second (docs/performance.md).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,32 @@ import time
 from collections.abc import Awaitable, Callable
 
 from anycast_agent.model import ProbeResult
-from anycast_agent.probes.base import Probe
+from anycast_agent.probes.base import CallbackProbe, Probe
+from anycast_agent.probes.engine import Engine
+
+
+def _check_grid(interval_s: float, jitter: float, phase_s: float) -> None:
+    if not (interval_s > 0 and math.isfinite(interval_s)):
+        raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
+    if not 0 <= jitter < 1:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+    if not 0 <= phase_s < interval_s:
+        raise ValueError(f"phase_s must be in [0, interval_s), got {phase_s!r}")
+
+
+def next_slot(
+    t0: float, slot: int, now: float, interval_s: float, spread_s: float, rng: random.Random
+) -> tuple[int, float]:
+    """The next slot after `slot` whose (jittered) start is not in the past, and that start.
+
+    Every slot before the returned one started (even at its latest jitter) before `now`: the
+    caller counts the slots jumped over as missed."""
+    due = max(slot + 1, math.floor((now - t0) / interval_s))
+    start = t0 + due * interval_s + rng.random() * spread_s
+    if start < now:
+        due += 1
+        start = t0 + due * interval_s + rng.random() * spread_s
+    return due, start
 
 
 async def run_schedule(
@@ -22,6 +53,7 @@ async def run_schedule(
     rng: random.Random | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     on_skip: Callable[[int], None] | None = None,
+    on_start: Callable[[float], None] | None = None,
     phase_s: float = 0.0,
 ) -> None:
     """Probe forever (until cancelled), one probe in flight.
@@ -30,33 +62,87 @@ async def run_schedule(
     that slot, so the grid never drifts however long probes take. The first probe starts at
     once (slot 0, no jitter). A probe that overruns makes the slots it covered be skipped, not
     queued: `on_skip(n)` reports how many, and the next probe starts at the next future slot.
-    `on_result` is called synchronously with each result. `clock` and `sleep` must agree
-    (tests pass a fake pair). `phase_s` delays the whole grid: the agent gives each target a
-    random phase within its interval, so thousands of targets do not all fire in the same
-    tenth of a second (measured: p99 start jitter 346 ms at 2000 targets without it).
+    `on_result` is called synchronously with each result; `on_start(late_s)`, if given, with
+    how late each probe started against its slot. `clock` and `sleep` must agree (tests pass
+    a fake pair). `phase_s` delays the whole grid: the agent gives each target a random phase
+    within its interval, so thousands of targets do not all fire in the same tenth of a
+    second (measured: p99 start jitter 346 ms at 2000 targets without it).
     """
-    if not (interval_s > 0 and math.isfinite(interval_s)):
-        raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
-    if not 0 <= jitter < 1:
-        raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+    _check_grid(interval_s, jitter, phase_s)
     rng = rng if rng is not None else random.Random()
     spread_s = jitter * interval_s
-    if not 0 <= phase_s < interval_s:
-        raise ValueError(f"phase_s must be in [0, interval_s), got {phase_s!r}")
-    t0 = clock() + phase_s
+    t0 = planned = clock() + phase_s
     if phase_s:
         await sleep(phase_s)
     slot = 0
     while True:
+        if on_start is not None:
+            on_start(clock() - planned)
         on_result(await probe.check())
         now = clock()
-        # Every slot before `due` started (even at its latest jitter) before now: it is missed.
-        due = max(slot + 1, math.floor((now - t0) / interval_s))
-        start = t0 + due * interval_s + rng.random() * spread_s
-        if start < now:
-            due += 1
-            start = t0 + due * interval_s + rng.random() * spread_s
+        due, planned = next_slot(t0, slot, now, interval_s, spread_s, rng)
         if on_skip is not None and due - slot > 1:
             on_skip(due - slot - 1)
         slot = due
-        await sleep(start - now)
+        await sleep(planned - now)
+
+
+async def run_callback_schedule(
+    engine: Engine,
+    probe: CallbackProbe,
+    interval_s: float,
+    on_result: Callable[[ProbeResult], None],
+    *,
+    jitter: float = 0.1,
+    rng: random.Random | None = None,
+    on_skip: Callable[[int], None] | None = None,
+    on_start: Callable[[float], None] | None = None,
+    phase_s: float = 0.0,
+) -> None:
+    """`run_schedule`'s grid for a CallbackProbe, on the engine's clock and timers.
+
+    Runs until cancelled; then the probe in flight, if any, is aborted. An exception from
+    `probe.start` or `on_result` ends the run with that exception, as it would end
+    `run_schedule`.
+    """
+    _check_grid(interval_s, jitter, phase_s)
+    rng = rng if rng is not None else random.Random()
+    spread_s = jitter * interval_s
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    t0 = planned = engine.time() + phase_s
+    slot = 0
+
+    def fire(_: object) -> None:
+        if ended.done():  # cancelled while this timer was pending
+            return
+        if on_start is not None:
+            on_start(engine.time() - planned)
+        try:
+            probe.start(finished)
+        except Exception as exc:
+            if not ended.done():
+                ended.set_exception(exc)
+
+    def finished(result: ProbeResult) -> None:
+        nonlocal slot, planned
+        if ended.done():
+            return
+        try:
+            on_result(result)
+        except Exception as exc:
+            ended.set_exception(exc)
+            return
+        now = engine.time()
+        due, planned = next_slot(t0, slot, now, interval_s, spread_s, rng)
+        if on_skip is not None and due - slot > 1:
+            on_skip(due - slot - 1)
+        slot = due
+        engine.call_at(planned, fire)
+
+    engine.call_at(t0, fire)
+    try:
+        await ended
+    finally:
+        if not ended.done():
+            ended.cancel()
+        probe.abort()

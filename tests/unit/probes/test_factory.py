@@ -10,7 +10,7 @@ from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.dns import DnsProbe
 from anycast_agent.probes.exec import ExecProbe
-from anycast_agent.probes.http import HttpProbe
+from anycast_agent.probes.http import HttpProbe, LeanHttpProbe
 from anycast_agent.probes.tcp import TcpProbe
 from tests.unit.probes.conftest import HttpServer
 
@@ -18,7 +18,10 @@ from tests.unit.probes.conftest import HttpServer
 @pytest.mark.parametrize(
     ("check", "kind"),
     [
-        (HttpCheck(url="http://127.0.0.1:8080/health"), HttpProbe),
+        (HttpCheck(url="http://127.0.0.1:8080/health"), LeanHttpProbe),
+        (HttpCheck(url="http://[2001:db8::1]:8080/health"), LeanHttpProbe),
+        (HttpCheck(url="https://127.0.0.1/health"), HttpProbe),
+        (HttpCheck(url="http://edge.example.test/health"), HttpProbe),
         (TcpCheck(host="127.0.0.1", port=8080), TcpProbe),
         (ExecCheck(argv=("/bin/true",)), ExecProbe),
         (DnsCheck(server=ip_address("127.0.0.1"), name="example.test"), DnsProbe),

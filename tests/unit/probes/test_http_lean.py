@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
 import pytest
 
 from anycast_agent.config import HttpCheck
 from anycast_agent.probes import ProbeFactory
-from anycast_agent.probes.http import KEEPALIVE_MAX_REUSES, HttpProbe
+from anycast_agent.probes.http import KEEPALIVE_MAX_REUSES, LeanHttpProbe
 from anycast_agent.probes.http_lean import BadResponse, ResponseParser, dechunk
 from tests.unit.probes.conftest import HttpServer
 
@@ -15,7 +19,7 @@ async def test_keepalive_reuses_one_connection(
     factory: ProbeFactory, http_server_v4: HttpServer
 ) -> None:
     probe = factory.build(HttpCheck(url=f"{http_server_v4.base}/ok", keepalive=True), 0.5)
-    assert isinstance(probe, HttpProbe)
+    assert isinstance(probe, LeanHttpProbe)
     for _ in range(3):
         assert (await probe.check()).ok
     probe.close()
@@ -26,7 +30,7 @@ async def test_keepalive_opens_a_fresh_connection_every_max_reuses(
     factory: ProbeFactory, http_server_v4: HttpServer
 ) -> None:
     probe = factory.build(HttpCheck(url=f"{http_server_v4.base}/ok", keepalive=True), 0.5)
-    assert isinstance(probe, HttpProbe)
+    assert isinstance(probe, LeanHttpProbe)
     for _ in range(KEEPALIVE_MAX_REUSES + 1):
         assert (await probe.check()).ok
     probe.close()
@@ -38,9 +42,116 @@ async def test_keepalive_body_checks_still_apply(
 ) -> None:
     check = HttpCheck(url=f"{http_server_v4.base}/ok", keepalive=True, body_regex="unhealthy")
     probe = factory.build(check, 0.5)
-    assert isinstance(probe, HttpProbe)
+    assert isinstance(probe, LeanHttpProbe)
     assert (await probe.check()).reason == "body does not match /unhealthy/"
     probe.close()
+
+
+OK_KEEPALIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+
+
+class RawServer:
+    """A loopback HTTP server scripted per connection: `serve(n)` says what the n-th request on
+    a connection gets: response bytes, or None to close the connection without answering."""
+
+    def __init__(self, serve: Callable[[int], bytes | None], close_after_s: float | None) -> None:
+        self.serve = serve
+        self.close_after_s = close_after_s  # close an idle connection this long after answering
+        self.connections = 0
+        self.idle_closed = asyncio.Event()
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                n += 1
+                answer = self.serve(n)
+                if answer is None:
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after_s is not None:
+                    await asyncio.sleep(self.close_after_s)
+                    self.idle_closed.set()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def raw_server(request: pytest.FixtureRequest) -> AsyncIterator[RawServer]:
+    serve, close_after_s = request.param
+    raw = RawServer(serve, close_after_s)
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+    raw.port = server.sockets[0].getsockname()[1]
+    yield raw
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("raw_server", [(lambda n: OK_KEEPALIVE, 0.05)], indirect=True)
+async def test_keepalive_notices_the_server_closing_an_idle_connection(
+    factory: ProbeFactory, raw_server: RawServer
+) -> None:
+    url = f"http://127.0.0.1:{raw_server.port}/"
+    probe = factory.build(HttpCheck(url=url, keepalive=True), 0.5)
+    assert (await probe.check()).ok
+    await asyncio.wait_for(raw_server.idle_closed.wait(), 5)
+    result = await probe.check()
+    assert result.ok, result.reason
+    assert raw_server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "raw_server", [(lambda n: OK_KEEPALIVE if n == 1 else None, None)], indirect=True
+)
+async def test_keepalive_retries_once_when_the_kept_connection_dies_under_the_request(
+    factory: ProbeFactory, raw_server: RawServer
+) -> None:
+    # The second request on a connection is dropped unanswered, as when a server closes an idle
+    # connection just as the request goes out: the probe retries on a fresh connection.
+    url = f"http://127.0.0.1:{raw_server.port}/"
+    probe = factory.build(HttpCheck(url=url, keepalive=True), 0.5)
+    for _ in range(3):
+        result = await probe.check()
+        assert result.ok, result.reason
+    assert raw_server.connections == 3
+
+
+@pytest.mark.parametrize("raw_server", [(lambda n: None, None)], indirect=True)
+async def test_a_fresh_connection_dropped_unanswered_fails_without_a_retry(
+    factory: ProbeFactory, raw_server: RawServer
+) -> None:
+    url = f"http://127.0.0.1:{raw_server.port}/"
+    probe = factory.build(HttpCheck(url=url, keepalive=True), 0.5)
+    result = await probe.check()
+    assert result.reason == f"127.0.0.1:{raw_server.port} closed the connection without a response"
+    assert raw_server.connections == 1
+
+
+def _time_wait(port: int) -> int:
+    """TIME_WAIT sockets on 127.0.0.1 with `port` at either end (/proc/net/tcp, state 06)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        ports = {int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)}
+        count += fields[3] == "06" and port in ports
+    return count
+
+
+async def test_fresh_connections_leave_no_time_wait_behind(
+    factory: ProbeFactory, http_server_v4: HttpServer
+) -> None:
+    # Closed with a reset: thousands of probes a second must not fill either end's tables.
+    probe = factory.build(HttpCheck(url=f"{http_server_v4.base}/ok"), 0.5)
+    for _ in range(5):
+        assert (await probe.check()).ok
+    assert len(set(http_server_v4.seen.peer_ports)) == 5
+    assert _time_wait(int(http_server_v4.base.rsplit(":", 1)[1])) == 0
 
 
 def test_chunked_body_is_decoded() -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 
 from anycast_agent.model import ProbeResult
-from anycast_agent.probes.schedule import run_schedule
+from anycast_agent.probes.engine import Engine
+from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+
+Driver = Callable[..., Awaitable[Any]]
 
 
 class Stop(Exception):
@@ -139,29 +143,66 @@ async def test_bad_arguments(interval_s: float, jitter: float) -> None:
 
 
 class SlowRealProbe:
-    """Real time: sleeps duration_s per check and records overlap."""
+    """Real time: takes duration_s per check and records overlap. Both a coroutine probe and a
+    CallbackProbe, so each real-time test runs under both drivers."""
 
     def __init__(self, durations_s: Sequence[float]) -> None:
         self.durations_s = durations_s
         self.starts: list[float] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.aborted = 0
+        self.began = asyncio.Event()
+        self._pending: asyncio.TimerHandle | None = None
 
-    async def check(self) -> ProbeResult:
+    def _begin(self) -> float:
         self.starts.append(time.monotonic())
+        self.began.set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return self.durations_s[(len(self.starts) - 1) % len(self.durations_s)]
+
+    async def check(self) -> ProbeResult:
+        duration_s = self._begin()
         try:
-            await asyncio.sleep(self.durations_s[(len(self.starts) - 1) % len(self.durations_s)])
+            await asyncio.sleep(duration_s)
         finally:
             self.in_flight -= 1
         return ProbeResult(ok=True, latency_s=0.0)
 
+    def start(self, done: Callable[[ProbeResult], None]) -> None:
+        def end() -> None:
+            self._pending = None
+            self.in_flight -= 1
+            done(ProbeResult(ok=True, latency_s=0.0))
+
+        self._pending = asyncio.get_running_loop().call_later(self._begin(), end)
+
+    def abort(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+            self.in_flight -= 1
+            self.aborted += 1
+
+
+async def on_engine(probe: SlowRealProbe, *args: Any, **kw: Any) -> None:
+    """run_callback_schedule on an engine of its own, closed when the run ends."""
+    engine = Engine()
+    try:
+        await run_callback_schedule(engine, probe, *args, **kw)
+    finally:
+        engine.close()
+
+
+DRIVERS = [pytest.param(run_schedule, id="coroutine"), pytest.param(on_engine, id="callback")]
+
 
 async def run_real(
-    probe: SlowRealProbe, results: int, interval_s: float
-) -> tuple[float, list[int]]:
+    driver: Driver, probe: SlowRealProbe, results: int, interval_s: float
+) -> tuple[float, list[int], list[float]]:
     skips: list[int] = []
+    lateness: list[float] = []
     count = 0
 
     def on_result(_: ProbeResult) -> None:
@@ -173,25 +214,37 @@ async def run_real(
     t0 = time.monotonic()
     with pytest.raises(Stop):
         await asyncio.wait_for(
-            run_schedule(probe, interval_s, on_result, jitter=0.1, on_skip=skips.append), 10
+            driver(
+                probe,
+                interval_s,
+                on_result,
+                jitter=0.1,
+                on_skip=skips.append,
+                on_start=lateness.append,
+            ),
+            10,
         )
-    return t0, skips
+    return t0, skips, lateness
 
 
-async def test_real_time_grid_holds_over_20_slots() -> None:
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_real_time_grid_holds_over_20_slots(driver: Driver) -> None:
     interval_s = 0.05
     probe = SlowRealProbe([0.01])  # a naive sleep-after-probe loop would lose 10 ms a slot
-    t0, skips = await run_real(probe, 21, interval_s)
+    t0, skips, lateness = await run_real(driver, probe, 21, interval_s)
     for k, start in enumerate(probe.starts):
         late = start - (t0 + k * interval_s)
         assert -0.001 <= late < 0.1 * interval_s + 0.02, f"slot {k} is {late * 1000:.1f} ms late"
     assert skips == []
+    assert len(lateness) == len(probe.starts)
+    assert all(0 <= late < 0.02 for late in lateness), lateness  # against the jittered slot
 
 
-async def test_real_time_one_probe_in_flight_and_skips() -> None:
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_real_time_one_probe_in_flight_and_skips(driver: Driver) -> None:
     interval_s = 0.05
     probe = SlowRealProbe([0.12, 0.0])  # every other check overruns two slots
-    t0, skips = await run_real(probe, 6, interval_s)
+    t0, skips, _ = await run_real(driver, probe, 6, interval_s)
     assert probe.max_in_flight == 1
     assert sum(skips) >= 6
     for start in probe.starts:
@@ -212,3 +265,23 @@ async def test_cancel_ends_the_schedule() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_cancel_aborts_the_callback_probe_in_flight() -> None:
+    probe = SlowRealProbe([30.0])  # never finishes on its own
+    task = asyncio.create_task(on_engine(probe, 60.0, lambda r: None))
+    await asyncio.wait_for(probe.began.wait(), 5)
+    assert probe.in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (probe.aborted, probe.in_flight) == (1, 0)
+
+
+async def test_a_callback_probe_that_raises_ends_the_schedule_with_its_error() -> None:
+    class Broken(SlowRealProbe):
+        def start(self, done: Callable[[ProbeResult], None]) -> None:
+            raise RuntimeError("bug in start")
+
+    with pytest.raises(RuntimeError, match="bug in start"):
+        await asyncio.wait_for(on_engine(Broken([0.0]), 1.0, lambda r: None), 5)
