@@ -34,7 +34,7 @@ from anycast_agent.netlink.addresses import (
     withheld,
 )
 from anycast_agent.notify import Notifier
-from anycast_agent.probes import CallbackProbe, Probe, ProbeFactory
+from anycast_agent.probes import CallbackProbe, Probe, ProbeFactory, is_callback_probe
 from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
 from anycast_agent.speaker.grammar import (
     SHOW_ADJ_RIB_OUT,
@@ -251,7 +251,7 @@ class Agent:
             built = _Broken(f"cannot probe: {exc}")
         phase_s = random.uniform(0, rt.interval_s * 0.999)
         try:
-            if isinstance(built, CallbackProbe):  # driven by loop timers: no task per check
+            if is_callback_probe(built):  # driven by the engine's timers: nothing per check
                 await run_callback_schedule(
                     probes.engine,
                     _GuardedCallback(built, rt.label),

@@ -201,7 +201,7 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
 - **Probe scale**: N HTTP targets (`http://[2001:db8:b::X]:8080/health`, one `local` route
   makes the whole /64 local) served by one nginx worker inside a bench namespace (`aab-…`).
   The agent runs as `anycast-agent run --dry-run` does, through `bench/agent_proc.py`, which
-  only wraps each target's schedule to note when each probe was due and when it started.
+  only hooks each target's schedule to note how late each probe started against its slot.
   Each run has {result["plan"]["warmup_s"]:g} s of warm-up, then a
   {result["plan"]["window_s"]:g} s window. CPU is the agent process's user + system time over
   the window; RSS is its peak (VmHWM); jitter is probe start minus its scheduled start
@@ -228,6 +228,9 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   (`--withdraw-on-down`, curl, same interval/rise/fall, no background checks: each of its
   checks is a process of its own); it logs no timestamped decision. With 20 trials p99 is the
   slowest trial (nearest rank).
+- The agent's HTTP probes here are callback probes on the probe engine (one timer heap, one
+  epoll set, no coroutine per check; fresh connections closed with a reset), and the heap is
+  frozen after start (`gc.freeze`): docs/design-notes.md says why, from py-spy profiles.
 - On this machine client and server share the kernel: the agent's CPU includes the kernel
   work of both ends of each loopback TCP handshake (softirq runs in the connecting process),
   which a router probing remote edges does not pay.

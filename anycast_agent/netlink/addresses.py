@@ -3,7 +3,8 @@
 `check` asks `present()` before announcing; `manage` calls `add()` before an announce and
 `remove()` after a withdraw. Every call opens its own netlink socket (~2 ms) in a worker
 thread: calls are rare (service transitions, one listing per decision step) and a socket per
-call never shares pyroute2 state between threads.
+call never shares pyroute2 state between threads. pyroute2 is imported on first use (~9 MB of
+memory an agent without `addresses.mode` never pays).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import concurrent.futures
 import errno
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
-
-from pyroute2 import IPRoute, NetlinkError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from anycast_agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from pyroute2 import NetlinkError
 
 Vip = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,6 +99,8 @@ class Addresses:
     # -- the blocking calls ----------------------------------------------------------------------
 
     def present_sync(self, interface: str | None = None) -> set[Vip]:
+        from pyroute2 import NetlinkError  # noqa: PLC0415 - on first use, see the docstring
+
         name = interface or self.interface
         try:
             with self._ipr() as ipr:
@@ -115,6 +119,8 @@ class Addresses:
         return any(v.ip == vip.ip for v in self.present_sync())
 
     def add_sync(self, address: Vip | Prefix | str) -> bool:
+        from pyroute2 import NetlinkError  # noqa: PLC0415 - on first use, see the docstring
+
         vip = _vip(address)
         extra: dict[str, Any] = {"flags": IFA_F_NODAD} if vip.version == 6 else {}
         with self._ipr() as ipr:
@@ -134,6 +140,8 @@ class Addresses:
         return True
 
     def remove_sync(self, address: Vip | Prefix | str) -> bool:
+        from pyroute2 import NetlinkError  # noqa: PLC0415 - on first use, see the docstring
+
         vip = _vip(address)
         with self._ipr() as ipr:
             index = _index(ipr, self.interface)
@@ -146,6 +154,8 @@ class Addresses:
         return True
 
     def _ipr(self) -> Any:
+        from pyroute2 import IPRoute  # noqa: PLC0415 - on first use, see the docstring
+
         return IPRoute(netns=self.netns) if self.netns else IPRoute()
 
 

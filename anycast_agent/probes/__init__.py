@@ -10,7 +10,7 @@ from typing import Self, assert_never
 import aiohttp
 
 from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
-from anycast_agent.probes.base import CallbackProbe, Probe
+from anycast_agent.probes.base import CallbackProbe, Probe, is_callback_probe
 from anycast_agent.probes.dns import DnsProbe
 from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
@@ -23,6 +23,7 @@ __all__ = [
     "Engine",
     "Probe",
     "ProbeFactory",
+    "is_callback_probe",
     "run_callback_schedule",
     "run_schedule",
 ]

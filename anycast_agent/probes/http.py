@@ -112,9 +112,6 @@ class HttpProbe(_Judge):
             ok=not reason, latency_s=time.monotonic() - start, reason=reason, load=load
         )
 
-    def close(self) -> None:
-        """Nothing to close: the session owns every connection."""
-
     async def _request(self) -> tuple[str, float | None]:
         async with self._session.request(
             self._method,

@@ -18,6 +18,9 @@ from anycast_agent.model import ProbeResult
 from anycast_agent.probes.base import CallbackProbe, Probe
 from anycast_agent.probes.engine import Engine
 
+# The default jitter source, shared: a Random holds 2.5 KB of state, 5 MB over 2,000 targets.
+_JITTER = random.Random()
+
 
 def _check_grid(interval_s: float, jitter: float, phase_s: float) -> None:
     if not (interval_s > 0 and math.isfinite(interval_s)):
@@ -69,7 +72,7 @@ async def run_schedule(
     second (measured: p99 start jitter 346 ms at 2000 targets without it).
     """
     _check_grid(interval_s, jitter, phase_s)
-    rng = rng if rng is not None else random.Random()
+    rng = rng if rng is not None else _JITTER
     spread_s = jitter * interval_s
     t0 = planned = clock() + phase_s
     if phase_s:
@@ -106,7 +109,7 @@ async def run_callback_schedule(
     `run_schedule`.
     """
     _check_grid(interval_s, jitter, phase_s)
-    rng = rng if rng is not None else random.Random()
+    rng = rng if rng is not None else _JITTER
     spread_s = jitter * interval_s
     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     t0 = planned = engine.time() + phase_s
