@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import random
 import time
@@ -59,7 +60,11 @@ REFUSED_RETRY_S = 30.0
 # The decision loop ticks at least this often, so progress (the watchdog's food) is visible.
 # Everything else wakes it at once: a target changing state, an operator intent, a session
 # coming up, a timer an outcome asked for (`wake_at`), a refused route's retry.
-TICK_S = 1.0
+TICK_S = 0.25
+# Each tick re-evaluates a slice of the services (as well as those with news), so that every
+# service is looked at again at least this often (load changes, the safety net) without one
+# step evaluating them all: at 200 services that stalled the probe loop ~15 ms a step.
+SWEEP_S = 1.0
 # Exit codes of `run` besides 0 and 2 (invalid config).
 EXIT_NO_ACKS = 3
 # Phases that end a ramp, and with it any operator hold on it.
@@ -152,6 +157,11 @@ class Agent:
         self.addresses = Addresses(config.addresses.interface)
         self.withheld: set[str] = set()
         self._dirty = asyncio.Event()
+        # Services whose targets changed state since the last decision step; None: all of them.
+        self._stale: set[str] | None = None
+        self._next_sweep = 0.0
+        self._sweep_at = 0
+        self._allowed_keys: tuple[AgentConfig, set[RouteKey]] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._probes: ProbeFactory | None = None
         self._step_lock = asyncio.Lock()
@@ -307,7 +317,7 @@ class Agent:
                     )
                     if state is NeighborState.UP:
                         self.rib.resend_neighbor(peer)
-                        self._dirty.set()
+                        self._wake()
                 case NotificationEvent(neighbor=peer, text=text):
                     log.warning("neighbor %s notification: %s", peer, text)
                 case ShutdownEvent():
@@ -375,7 +385,7 @@ class Agent:
                     rt.health.state.value,
                     f": {result.reason}" if result.reason else "",
                 )
-                self._dirty.set()
+                self._wake(rt.service)
 
         return on_result
 
@@ -405,64 +415,69 @@ class Agent:
             self._dirty.clear()
             while fault and os.path.exists(fault):  # noqa: ASYNC110, ASYNC240 - fault drill only
                 await asyncio.sleep(0.05)  # no decision, so no progress and no watchdog ping
-            await self._apply()
+            now = self.clock()
+            only = self._stale
+            self._stale = set()
+            if only is not None:
+                only |= {
+                    s
+                    for s, o in self.outcomes.items()
+                    if o.wake_at is not None and o.wake_at <= now
+                }
+                if now >= self._next_sweep:
+                    self._next_sweep = now + TICK_S
+                    only |= self._sweep_slice()
+            await self._apply(only)
 
-    async def _apply(self) -> None:
+    def _sweep_slice(self) -> set[str]:
+        """The next TICK_S / SWEEP_S of the services, round robin."""
+        names = [svc.name for svc in self.config.services]
+        if not names:
+            return set()
+        size = math.ceil(len(names) * TICK_S / SWEEP_S)
+        start = self._sweep_at % len(names)
+        self._sweep_at = start + size
+        return set((names + names)[start : start + size])
+
+    def _wake(self, service: str | None = None) -> None:
+        """Ask for a decision step now: for `service` only (its targets changed state), or for
+        every service (intents, sessions, config)."""
+        if service is None:
+            self._stale = None
+        elif self._stale is not None:
+            self._stale.add(service)
+        self._dirty.set()
+
+    async def _apply(self, only: set[str] | None = None) -> None:
         # A reload swaps the config between decision steps, never in the middle of one.
         async with self._step_lock:
-            await self._apply_locked()
+            await self._apply_locked(only)
 
     def _allowed(self) -> set[RouteKey]:
         """Every (neighbor, prefix) the config maps a service to, family-matched."""
-        return {
-            RouteKey.of(n.address, p)
-            for svc in self.config.services
-            for n in self.config.neighbors_of(svc)
-            for p in svc.prefixes
-            if Family.of(p) in n.families
-        }
+        if self._allowed_keys is None or self._allowed_keys[0] is not self.config:
+            keys = {
+                RouteKey.of(n.address, p)
+                for svc in self.config.services
+                for n in self.config.neighbors_of(svc)
+                for p in svc.prefixes
+                if Family.of(p) in n.families
+            }
+            self._allowed_keys = (self.config, keys)
+        return self._allowed_keys[1]
 
-    async def _apply_locked(self) -> None:
+    async def _apply_locked(self, only: set[str] | None = None) -> None:
+        """One decision step. `only`: evaluate just these services (the others keep their last
+        outcome): a target's fall count completing must not wait for 200 other services to be
+        evaluated first (decision → upstream p99 was 62 ms at 2000 targets with a full pass)."""
         now, wall = self.clock(), self.wall()
         self.intents = self._expire(wall)
-        wanted = {}
-        causes = {}
+        wanted: dict[RouteKey, RouteAttrs | None] = {}
+        causes: dict[str, str] = {}
         for svc in self.config.services:
-            runtimes = self.targets[svc.name]
-            decision = decide(svc, [rt.health for rt in runtimes])
-            lost = sum(
-                rt.health.state in (TargetState.UNHEALTHY, TargetState.RECOVERING)
-                for rt in runtimes
-            )
-            loads = [
-                rt.last.load
-                for rt in runtimes
-                if rt.health.counts_healthy and rt.last is not None and rt.last.load is not None
-            ]
-            load = sum(loads) / len(loads) if loads else None
-            mem = self.memory.get(svc.name, Memory())
-            mem = replace(mem, ramp_held=svc.name in self.intents.ramp_holds)
-            mem, outcome = evaluate(
-                svc,
-                self.config.policy(svc),
-                self.config.neighbors_of(svc),
-                mem,
-                decision,
-                lost,
-                load,
-                self.intents,
-                now,
-                wall,
-                self.rib.held.keys(),
-            )
-            self.memory[svc.name] = mem
-            if svc.name in self.intents.ramp_holds and outcome.phase in _RAMP_ENDED:
-                log.info("ramp hold of %s cleared: the service is %s", svc.name, outcome.phase)
-                holds = self.intents.ramp_holds - {svc.name}
-                self._save(replace(self.intents, ramp_holds=holds))
-            self._log_change(svc, self.outcomes.get(svc.name), outcome, runtimes)
-            self.outcomes[svc.name] = outcome
-            self.decisions[svc.name] = decision
+            outcome = self.outcomes.get(svc.name)
+            if outcome is None or only is None or svc.name in only:
+                outcome = self._evaluate(svc, now, wall)
             wanted.update(outcome.wanted)
             for p in svc.prefixes:
                 causes[str(p)] = f"service {svc.name} {outcome.phase.value}: {outcome.reason}"
@@ -477,6 +492,44 @@ class Agent:
             self.ready = True
             log.info("ready: every service decided")
             self.notifier.ready()
+
+    def _evaluate(self, svc: Service, now: float, wall: float) -> Outcome:
+        """Decide one service from its targets, intents and memory; its new outcome."""
+        runtimes = self.targets[svc.name]
+        decision = decide(svc, [rt.health for rt in runtimes])
+        lost = sum(
+            rt.health.state in (TargetState.UNHEALTHY, TargetState.RECOVERING) for rt in runtimes
+        )
+        loads = [
+            rt.last.load
+            for rt in runtimes
+            if rt.health.counts_healthy and rt.last is not None and rt.last.load is not None
+        ]
+        load = sum(loads) / len(loads) if loads else None
+        mem = self.memory.get(svc.name, Memory())
+        mem = replace(mem, ramp_held=svc.name in self.intents.ramp_holds)
+        mem, outcome = evaluate(
+            svc,
+            self.config.policy(svc),
+            self.config.neighbors_of(svc),
+            mem,
+            decision,
+            lost,
+            load,
+            self.intents,
+            now,
+            wall,
+            self.rib.held.keys(),
+        )
+        self.memory[svc.name] = mem
+        if svc.name in self.intents.ramp_holds and outcome.phase in _RAMP_ENDED:
+            log.info("ramp hold of %s cleared: the service is %s", svc.name, outcome.phase)
+            holds = self.intents.ramp_holds - {svc.name}
+            self._save(replace(self.intents, ramp_holds=holds))
+        self._log_change(svc, self.outcomes.get(svc.name), outcome, runtimes)
+        self.outcomes[svc.name] = outcome
+        self.decisions[svc.name] = decision
+        return outcome
 
     async def _gate_vips(
         self, wanted: dict[RouteKey, RouteAttrs | None], causes: dict[str, str]
@@ -617,7 +670,7 @@ class Agent:
             self.store.save(intents)
         except OSError as exc:
             log.error("cannot persist operator intents in %s: %s", self.store.path, exc)
-        self._dirty.set()
+        self._wake()
 
     async def drain(
         self, service: str | None, *, reason: str, author: str, expires_in_s: float | None
@@ -708,7 +761,7 @@ class Agent:
             if not self.dry_run:
                 save_last_good(new.state_dir, self.config_text)
             log.info("reloaded %s: %d services", self.config_path, len(new.services))
-            self._dirty.set()
+            self._wake()
             settle_heap()
             return []
 

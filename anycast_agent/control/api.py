@@ -376,8 +376,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    # As for /metrics: the snapshot on the loop, the encoding (tens of ms at 2000 targets) in a
+    # thread, so a status poll does not stall the probes.
     snap = request.app[CONTROLLER].snapshot()
-    return web.json_response(status_json(snap, request.app[SETTINGS].wall_clock()))
+    wall_now = request.app[SETTINGS].wall_clock()
+    body = await asyncio.to_thread(lambda: json.dumps(status_json(snap, wall_now)).encode())
+    return web.Response(body=body, content_type="application/json")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

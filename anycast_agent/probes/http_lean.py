@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -142,23 +143,27 @@ class ResponseParser:
         return Response(self._status, self._headers, body)
 
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
+        eol = head.find(b"\r\n")
+        status_line, fields = (head, b"") if eol < 0 else (head[:eol], head[eol:])
+        parts = status_line.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise BadResponse(f"invalid status line {printable(lines[0])!r}")
+            raise BadResponse(f"invalid status line {printable(status_line)!r}")
         self._status = int(parts[1])
         if not 100 <= self._status <= 599:
             raise BadResponse(f"invalid status code {self._status}")
         if not (self._need_body or self._need_headers):
             return
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise BadResponse(f"invalid header line {printable(line)!r}")
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        if _FIELDS.fullmatch(fields) is None:
+            bad = next(line for line in fields.split(b"\r\n")[1:] if b":" not in line)
+            raise BadResponse(f"invalid header line {printable(bad)!r}")
         if self._need_headers:
+            headers = {
+                name.strip().lower().decode("latin-1"): value.strip().decode("latin-1")
+                for name, value in _FIELD.findall(fields)
+            }
             self._headers = headers
+        else:  # only the framing fields, found without splitting every line (keep-alive checks)
+            headers = _framing(fields)
         if self._head_only or self._status in (204, 304) or self._status < 200:
             self._body_len = 0
         elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -170,6 +175,30 @@ class ResponseParser:
         else:
             self._body_len = _UNTIL_CLOSE
         self._close = "close" in headers.get("connection", "").lower()
+
+
+# Header fields after the status line: CRLF name ":" value, repeated (obs-fold is not accepted).
+_FIELDS = re.compile(rb"(?:\r\n[^\r\n:]+:[^\r\n]*)*")
+_FIELD = re.compile(rb"\r\n([^\r\n:]+):([^\r\n]*)")
+_FRAMING = (b"transfer-encoding", b"content-length", b"connection")
+
+
+def _framing(fields: bytes) -> dict[str, str]:
+    """The fields that frame the body, by lower-case name; the last of a repeated one, as the
+    full parse (a dict of every field) reads it."""
+    low = fields.lower()
+    found: dict[str, str] = {}
+    for name in _FRAMING:
+        at = low.rfind(b"\r\n" + name)
+        while at >= 0:
+            start = at + 2 + len(name)
+            end = low.find(b"\r\n", start)
+            value = fields[start : len(fields) if end < 0 else end]
+            if value.lstrip(b" \t").startswith(b":"):  # not a longer name such as Connection-X
+                found[name.decode()] = value.strip().lstrip(b":").strip().decode("latin-1")
+                break
+            at = low.rfind(b"\r\n" + name, 0, at)
+    return found
 
 
 def dechunk(data: bytearray | bytes) -> tuple[bytes, bool]:

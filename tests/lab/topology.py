@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from tests.lab.bird import Bird, BirdConfig, BirdSession
 from tests.lab.description import LabDescription
@@ -20,19 +16,16 @@ from tests.lab.exabgp import (
     ExabgpVersion,
     render_exabgp_conf,
 )
-from tests.lab.netns import Netns, unique_lab_id, veth_pair
-from tests.lab.processes import ProcessRegistry
+from tests.lab.harness import Lab
+from tests.lab.netns import Netns, veth_pair
 
 PopLabFactory = Callable[..., "PopLab"]
 STUB_API = Path(__file__).with_name("stub_api.py")
 # The kernel here has no dummy module, so edge addresses live on lo as /32s.
 EDGE_IFNAME = "lo"
-KEEP_ENV = "ANYCAST_LAB_KEEP"
-# ExaBGP gives its API processes 2 s after SIGTERM before killing them.
-TERM_GRACE_S = 5.0
 
 
-class PopLab:
+class PopLab(Lab):
     """Upstream ns (BIRD, AS 65000) ↔ veth(s) ↔ PoP ns (ExaBGP AS 65001, edge servers).
 
     `with PopLab(...) as lab:` builds the namespaces and starts BIRD; ExaBGP and edges start
@@ -53,24 +46,14 @@ class PopLab:
         self.description = description or LabDescription.build(
             links=links, ipv6_sessions=ipv6_sessions, edges=edges
         )
-        self.lab_id = unique_lab_id()
-        self.registry = ProcessRegistry()
-        self.namespaces: list[Netns] = []
+        super().__init__()
         self.edges: dict[str, EdgeServer] = {}
         self.exabgps: list[Exabgp] = []
-        self._workdir: Path | None = None
         self._bird: Bird | None = None
         self._upstream: Netns | None = None
         self._pop: Netns | None = None
-        self.closed = False
 
     # -- accessors that fail loudly before build() ---------------------------------------------
-
-    @property
-    def workdir(self) -> Path:
-        if self._workdir is None:
-            raise RuntimeError("PopLab not built: use `with PopLab() as lab` or call build()")
-        return self._workdir
 
     @property
     def bird(self) -> Bird:
@@ -99,31 +82,8 @@ class PopLab:
 
     # -- build ---------------------------------------------------------------------------------
 
-    def __enter__(self) -> PopLab:
-        self.build()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        notes = self.close(failed=exc is not None)
-        if exc is not None and notes:
-            exc.add_note(notes)
-
-    def build(self) -> None:
-        try:
-            self._build()
-        except BaseException as exc:
-            exc.add_note(self.close(failed=True))
-            raise
-
     def _build(self) -> None:
         desc = self.description
-        # A short path under /tmp: BIRD's control socket path must fit in sun_path (108 bytes).
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.lab_id}-", dir="/tmp"))
         self._upstream = self._add_netns(f"{self.lab_id}-u")
         self._pop = self._add_netns(f"{self.lab_id}-p")
         for link in desc.links:
@@ -157,11 +117,6 @@ class PopLab:
     def add_netns(self, role: str) -> Netns:
         """An extra namespace of this lab (e.g. one per edge); `role` is a short suffix."""
         return self._add_netns(f"{self.lab_id}-{role}")
-
-    def _add_netns(self, name: str) -> Netns:
-        ns = Netns.create(name, self.registry)
-        self.namespaces.append(ns)
-        return ns
 
     # -- ExaBGP --------------------------------------------------------------------------------
 
@@ -246,55 +201,5 @@ class PopLab:
 
     # -- teardown ------------------------------------------------------------------------------
 
-    def log_report(self, lines: int = 25) -> str:
-        """Tails of every log in the work dir, for failure output."""
-        if self._workdir is None or not self._workdir.exists():
-            return ""
-        parts = []
-        for path in sorted(self._workdir.iterdir()):
-            if path.suffix in {".log", ".stdout", ".stderr", ".api-in"}:
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path.name} (last {lines} lines)\n" + "\n".join(text))
-        return "\n".join(parts)
-
-    def close(self, failed: bool = False) -> str:
-        """End every process, delete every namespace; keep the work dir if `failed`.
-
-        Returns a note for failure reports (where the logs are, and their tails).
-        Raises only if cleanup itself failed and nothing else is being raised.
-        """
-        if self.closed:
-            return ""
-        self.closed = True
-        problems: list[str] = []
-        report = self.log_report() if failed else ""
-        killed: list[str] = []
-        for exa in reversed(self.exabgps):
-            if exa.running:
-                try:
-                    exa.stop(grace_s=TERM_GRACE_S)
-                except Exception as exc:
-                    problems.append(f"stopping ExaBGP {exa.pid}: {exc!r}")
-            if exa.lost_sigterms:
-                killed.append(f"ExaBGP {exa.pid} needed {exa.lost_sigterms} extra SIGTERM(s)")
-        try:
-            # Needing SIGKILL is reported with a failure but is not one: agent tests assert
-            # shutdown deadlines themselves.
-            killed += self.registry.terminate_all(grace_s=TERM_GRACE_S)
-        except Exception as exc:
-            problems.append(f"terminating processes: {exc!r}")
-        for ns in reversed(self.namespaces):
-            try:
-                ns.delete()
-            except Exception as exc:
-                problems.append(f"deleting {ns.name}: {exc!r}")
-        keep = failed or os.environ.get(KEEP_ENV) == "1"
-        if self._workdir is not None and not keep:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-        if problems and not failed:
-            raise RuntimeError("lab teardown: " + "; ".join(problems))
-        if not failed:
-            return ""
-        return "\n".join(
-            [f"lab {self.lab_id} work dir kept: {self._workdir}", *problems, *killed, report]
-        )
+    def _exabgps(self) -> Iterable[tuple[str, Exabgp]]:
+        return ((f"ExaBGP {exa.pid}", exa) for exa in reversed(self.exabgps))

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,8 +24,9 @@ import yaml
 from tests.lab.bird import Bird, BirdConfig
 from tests.lab.edges import EdgeServer
 from tests.lab.exabgp import Exabgp, ExabgpVersion
-from tests.lab.netns import Netns, run_command, unique_lab_id, veth_pair
-from tests.lab.processes import ProcessRegistry, terminate
+from tests.lab.harness import Lab
+from tests.lab.netns import Netns, run_command, veth_pair
+from tests.lab.processes import terminate
 from tests.lab.topology_description import (
     QUICK_TIMERS,
     VIP_PREFIX,
@@ -40,8 +38,6 @@ from tests.lab.topology_description import (
 from tests.lab.wait import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEEP_ENV = "ANYCAST_LAB_KEEP"
-TERM_GRACE_S = 5.0
 # Keys the agent may not know yet (staged re-announcement, MED holds): left out if rejected.
 OPTIONAL_KEYS = ("ramp", "med_hold", "min_update_interval")
 _NS_SUFFIX = {"upstream": "u", "pop1": "p1", "pop2": "p2", "client": "c"}
@@ -197,7 +193,7 @@ def _agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-class TwoPopLab:
+class TwoPopLab(Lab):
     """Builds every node of the description as a namespace (`aa-<id>-u`, `-p1`, `-p2`, `-c`);
     teardown ends every process by PID and deletes every namespace, also on errors."""
 
@@ -211,20 +207,11 @@ class TwoPopLab:
         self.exabgp_version: ExabgpVersion = exabgp_version
         self.description = description or build_two_pop()
         self.timers = timers
-        self.lab_id = unique_lab_id()
-        self.registry = ProcessRegistry()
-        self.namespaces: dict[str, Netns] = {}
+        super().__init__()
+        self.namespaces: dict[str, Netns] = {}  # by node name
         self.pops: dict[str, PopNode] = {}
-        self._workdir: Path | None = None
         self._bird: KernelBird | None = None
         self.clients: list[Client] = []
-        self.closed = False
-
-    @property
-    def workdir(self) -> Path:
-        if self._workdir is None:
-            raise RuntimeError("TwoPopLab not built")
-        return self._workdir
 
     @property
     def bird(self) -> KernelBird:
@@ -235,33 +222,10 @@ class TwoPopLab:
     def ns(self, node: str) -> Netns:
         return self.namespaces[node]
 
-    def __enter__(self) -> TwoPopLab:
-        self.build()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        notes = self.close(failed=exc is not None)
-        if exc is not None and notes:
-            exc.add_note(notes)
-
-    def build(self) -> None:
-        try:
-            self._build()
-        except BaseException as exc:
-            exc.add_note(self.close(failed=True))
-            raise
-
     def _build(self) -> None:
         desc = self.description
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.lab_id}-", dir="/tmp"))
         for node in desc.nodes:
-            name = f"{self.lab_id}-{_NS_SUFFIX[node]}"
-            self.namespaces[node] = Netns.create(name, self.registry)
+            self.namespaces[node] = self._add_netns(f"{self.lab_id}-{_NS_SUFFIX[node]}")
         for link in desc.links:
             veth_pair(self.ns(link.a.node), link.a.ifname, self.ns(link.b.node), link.b.ifname)
         for node in desc.nodes:
@@ -317,47 +281,12 @@ class TwoPopLab:
 
     # -- teardown ----------------------------------------------------------------------------
 
-    def log_report(self, lines: int = 25) -> str:
-        if self._workdir is None or not self._workdir.exists():
-            return ""
-        parts = []
-        for path in sorted(self._workdir.iterdir()):
-            if path.suffix in {".log", ".stdout", ".stderr"}:
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path.name} (last {lines} lines)\n" + "\n".join(text))
-        return "\n".join(parts)
-
-    def close(self, failed: bool = False) -> str:
-        """End every process (ExaBGPs first: they close their sessions), delete every
-        namespace; keep the work dir if `failed`. Returns a note for failure reports."""
-        if self.closed:
-            return ""
-        self.closed = True
-        problems: list[str] = []
-        report = self.log_report() if failed else ""
-        for pop in self.pops.values():
-            if pop.exabgp is not None and pop.exabgp.running:
-                try:
-                    pop.exabgp.stop(grace_s=TERM_GRACE_S)
-                except Exception as exc:
-                    problems.append(f"stopping ExaBGP of {pop.name}: {exc!r}")
-        try:
-            self.registry.terminate_all(grace_s=TERM_GRACE_S)
-        except Exception as exc:
-            problems.append(f"terminating processes: {exc!r}")
-        for ns in reversed(list(self.namespaces.values())):
-            try:
-                ns.delete()
-            except Exception as exc:
-                problems.append(f"deleting {ns.name}: {exc!r}")
-        keep = failed or os.environ.get(KEEP_ENV) == "1"
-        if self._workdir is not None and not keep:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-        if problems and not failed:
-            raise RuntimeError("two-PoP lab teardown: " + "; ".join(problems))
-        if not failed:
-            return ""
-        return "\n".join([f"lab {self.lab_id} work dir kept: {self._workdir}", *problems, report])
+    def _exabgps(self) -> Iterable[tuple[str, Exabgp]]:
+        return (
+            (f"ExaBGP of {pop.name}", pop.exabgp)
+            for pop in self.pops.values()
+            if pop.exabgp is not None
+        )
 
 
 class Client:

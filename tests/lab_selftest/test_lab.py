@@ -171,7 +171,7 @@ def test_namespaces_exist_during_and_vanish_after() -> None:
     # Only this lab's names: parallel runs may own other aa- namespaces right now.
     assert not names & list_namespaces()
     with lab:
-        assert {ns.name for ns in lab.namespaces} == names
+        assert {ns.name for ns in lab.netns} == names
         assert all(n.startswith("aa-") and len(n) <= 15 for n in names)
         assert names <= list_namespaces()
         assert "198.51.100.2/24" in lab.pop.ip("-o", "address", "show", "dev", "pop0").stdout
@@ -186,7 +186,7 @@ def test_namespaces_exist_during_and_vanish_after() -> None:
 def test_teardown_after_exception_still_cleans_up() -> None:
     require_lab()
     with pytest.raises(ZeroDivisionError) as raised, PopLab() as lab:
-        names = {ns.name for ns in lab.namespaces}
+        names = {ns.name for ns in lab.netns}
         edge = lab.start_edge(0)
         1 / 0  # noqa: B018
     assert not names & list_namespaces()

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from anycast_agent.config import HttpCheck
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.http import KEEPALIVE_MAX_REUSES, LeanHttpProbe
-from anycast_agent.probes.http_lean import BadResponse, ResponseParser, dechunk
+from anycast_agent.probes.http_lean import BadResponse, ResponseParser, ServerClosed, dechunk
 from tests.unit.probes.conftest import HttpServer
 
 
@@ -183,3 +185,41 @@ def test_parser_rejects_what_is_not_http() -> None:
     parser = ResponseParser(need_body=False, need_headers=False, head_only=False, limit=1024)
     with pytest.raises(BadResponse, match="invalid status line"):
         parser.feed(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+
+_NAMES = st.sampled_from(
+    ["Content-Length", "content-length", "Connection", "Transfer-Encoding", "X-Content-Length",
+     "Content-Length-X", "Server", "Date", "Keep-Alive"]
+)  # fmt: skip
+_VALUES = st.sampled_from(["0", "2", "5", "close", "keep-alive", "chunked", "x", "12:30:00", ""])
+
+
+@given(
+    fields=st.lists(st.tuples(_NAMES, _VALUES), max_size=6),
+    body=st.sampled_from([b"", b"ok", b"2\r\nok\r\n0\r\n\r\n", b"hello"]),
+)
+def test_framing_fast_path_reads_the_response_as_the_full_header_parse(
+    fields: list[tuple[str, str]], body: bytes
+) -> None:
+    # Keep-alive checks find the framing fields without parsing every header: same verdicts.
+    raw = b"HTTP/1.1 200 OK" + b"".join(f"\r\n{n}: {v}".encode() for n, v in fields)
+    raw += b"\r\n\r\n" + body
+
+    def read(need_headers: bool) -> tuple[object, ...]:
+        parser = ResponseParser(need_body=True, need_headers=need_headers, head_only=False,
+                                limit=1024)  # fmt: skip
+        try:
+            response = parser.feed(raw)
+            if response is None:
+                response = parser.eof()
+        except (BadResponse, ServerClosed) as exc:
+            return (type(exc), str(exc))
+        return (response.status, response.body, parser.reusable)
+
+    assert read(need_headers=False) == read(need_headers=True)
+
+
+def test_a_header_line_without_a_colon_is_refused() -> None:
+    parser = ResponseParser(need_body=True, need_headers=False, head_only=False, limit=1024)
+    with pytest.raises(BadResponse, match="invalid header line 'garbage'"):
+        parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ngarbage\r\n\r\nok")
