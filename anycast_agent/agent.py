@@ -65,6 +65,7 @@ TICK_S = 0.25
 # service is looked at again at least this often (load changes, the safety net) without one
 # step evaluating them all: at 200 services that stalled the probe loop ~15 ms a step.
 SWEEP_S = 1.0
+SETTLE_AFTER_RELOAD_S = 1.0
 # Exit codes of `run` besides 0 and 2 (invalid config).
 EXIT_NO_ACKS = 3
 # Phases that end a ramp, and with it any operator hold on it.
@@ -415,6 +416,13 @@ class Agent:
             self._dirty.clear()
             while fault and os.path.exists(fault):  # noqa: ASYNC110, ASYNC240 - fault drill only
                 await asyncio.sleep(0.05)  # no decision, so no progress and no watchdog ping
+            await self._step()
+
+    async def _step(self) -> None:
+        """The decide loop's step: the services with news (read under the lock, so a reload or
+        an intent that asked for every service is never overtaken), those whose timer is due,
+        and the next slice of the sweep."""
+        async with self._step_lock:
             now = self.clock()
             only = self._stale
             self._stale = set()
@@ -427,7 +435,7 @@ class Agent:
                 if now >= self._next_sweep:
                     self._next_sweep = now + TICK_S
                     only |= self._sweep_slice()
-            await self._apply(only)
+            await self._apply_locked(only)
 
     def _sweep_slice(self) -> set[str]:
         """The next TICK_S / SWEEP_S of the services, round robin."""
@@ -448,10 +456,11 @@ class Agent:
             self._stale.add(service)
         self._dirty.set()
 
-    async def _apply(self, only: set[str] | None = None) -> None:
-        # A reload swaps the config between decision steps, never in the middle of one.
+    async def _apply(self) -> None:
+        """A decision step over every service. A reload swaps the config between decision
+        steps, never in the middle of one."""
         async with self._step_lock:
-            await self._apply_locked(only)
+            await self._apply_locked()
 
     def _allowed(self) -> set[RouteKey]:
         """Every (neighbor, prefix) the config maps a service to, family-matched."""
@@ -471,6 +480,8 @@ class Agent:
         outcome): a target's fall count completing must not wait for 200 other services to be
         evaluated first (decision → upstream p99 was 62 ms at 2000 targets with a full pass)."""
         now, wall = self.clock(), self.wall()
+        if only is None:
+            self._stale = set()  # every service is evaluated now
         self.intents = self._expire(wall)
         wanted: dict[RouteKey, RouteAttrs | None] = {}
         causes: dict[str, str] = {}
@@ -762,7 +773,8 @@ class Agent:
                 save_last_good(new.state_dir, self.config_text)
             log.info("reloaded %s: %d services", self.config_path, len(new.services))
             self._wake()
-            settle_heap()
+            # Once the probes of removed targets have ended, so they are collected, not frozen.
+            asyncio.get_running_loop().call_later(SETTLE_AFTER_RELOAD_S, settle_heap)
             return []
 
     def _swap(self, new: AgentConfig) -> None:
@@ -928,11 +940,19 @@ class _GuardedCallback(_Guarded):
         self.probe = probe
 
     def start(self, done: Callable[[ProbeResult], None]) -> None:
+        reported = False
+
+        def once(result: ProbeResult) -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                done(result)
+
         try:
-            self.probe.start(done)
+            self.probe.start(once)
         except Exception as exc:
             self.probe.abort()
-            done(self._error(exc))
+            once(self._error(exc))
 
     def abort(self) -> None:
         self.probe.abort()

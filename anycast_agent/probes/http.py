@@ -238,12 +238,15 @@ class LeanHttpProbe(_Judge):
 
     def _on_outcome(self, outcome: Outcome) -> None:
         load = None
-        if isinstance(outcome, Response):
-            reason = self.status(outcome.status) or self.body(outcome.body)
-            if not reason:
-                load = self.load(outcome.headers, outcome.body)
-        else:
-            reason = self._describe(outcome)
+        try:
+            if isinstance(outcome, Response):
+                reason = self.status(outcome.status) or self.body(outcome.body)
+                if not reason:
+                    load = self.load(outcome.headers, outcome.body)
+            else:
+                reason = self._describe(outcome)
+        except Exception as exc:  # a bug judging the response: this check fails, now
+            reason, load = self._describe(exc), None
         self._report(reason, load)
 
     def _report(self, reason: str, load: float | None) -> None:
@@ -310,7 +313,7 @@ def json_load(body: bytes, path: tuple[str, ...]) -> float | None:
     """The load figure at a dotted path (`stats.load`, `backends.0.load`) in a JSON body."""
     try:
         node: object = json.loads(body)
-    except ValueError:  # also UnicodeDecodeError and a body cut at BODY_LIMIT
+    except (ValueError, RecursionError):  # also UnicodeDecodeError, a cut body, deep nesting
         return None
     for part in path:
         if isinstance(node, Mapping):

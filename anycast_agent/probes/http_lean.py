@@ -154,7 +154,8 @@ class ResponseParser:
         if not (self._need_body or self._need_headers):
             return
         if _FIELDS.fullmatch(fields) is None:
-            bad = next(line for line in fields.split(b"\r\n")[1:] if b":" not in line)
+            lines = fields.split(b"\r\n")[1:]
+            bad = next((line for line in lines if _LINE.fullmatch(line) is None), fields)
             raise BadResponse(f"invalid header line {printable(bad)!r}")
         if self._need_headers:
             headers = {
@@ -169,7 +170,7 @@ class ResponseParser:
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._body_len = _CHUNKED
         elif (length := headers.get("content-length")) is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit()
                 raise BadResponse(f"invalid Content-Length {printable(length.encode())!r}")
             self._body_len = int(length)
         else:
@@ -177,8 +178,11 @@ class ResponseParser:
         self._close = "close" in headers.get("connection", "").lower()
 
 
-# Header fields after the status line: CRLF name ":" value, repeated (obs-fold is not accepted).
-_FIELDS = re.compile(rb"(?:\r\n[^\r\n:]+:[^\r\n]*)*")
+# Header fields after the status line: CRLF name ":" value, repeated; a line that starts with
+# white space (obs-fold) is refused, as RFC 9112 lets a client do.
+_FIELDS = re.compile(rb"(?:\r\n[^\s:][^\r\n:]*:[^\r\n]*)*")
+_LINE = re.compile(rb"[^\s:][^\r\n:]*:[^\r\n]*")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _FIELD = re.compile(rb"\r\n([^\r\n:]+):([^\r\n]*)")
 _FRAMING = (b"transfer-encoding", b"content-length", b"connection")
 
@@ -210,10 +214,11 @@ def dechunk(data: bytearray | bytes) -> tuple[bytes, bool]:
         if eol < 0:
             return bytes(out), False
         size_text = bytes(data[pos:eol]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadResponse(f"invalid chunk size {printable(size_text)!r}") from None
+        # Hex digits only: int() would also take "-6" (which walked this loop backwards for
+        # ever), "+6", "0x6" and "6_0".
+        if _HEX.fullmatch(size_text) is None:
+            raise BadResponse(f"invalid chunk size {printable(size_text)!r}")
+        size = int(size_text, 16)
         if size == 0:  # the last chunk; (rare) trailers end with an empty line
             return bytes(out), data.find(b"\r\n\r\n", eol) >= 0
         start = eol + 2
@@ -410,7 +415,7 @@ class Connection:
             return
         try:
             response = parser.feed(data) if data else parser.eof()
-        except (BadResponse, ServerClosed) as exc:
+        except Exception as exc:  # BadResponse, ServerClosed, or a bug: the check fails now
             self._fail(exc)
             return
         if response is None:

@@ -163,6 +163,30 @@ def test_chunked_body_is_decoded() -> None:
         dechunk(b"zz\r\n")
 
 
+@pytest.mark.parametrize("size", [b"-6", b"+6", b"0x6", b"6_0", b" "])
+def test_a_chunk_size_that_is_not_hex_digits_is_refused(size: bytes) -> None:
+    # int(x, 16) takes all of these; "-6" used to walk the decoder backwards for ever.
+    with pytest.raises(BadResponse, match="invalid chunk size"):
+        dechunk(size + b"\r\nabcdef\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        ("HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nok", "invalid Content-Length"),
+        ("HTTP/1.1 200 OK\r\n Content-Length: 2\r\n\r\nok", "invalid header line"),
+    ],
+)
+@pytest.mark.parametrize("need_headers", [False, True])
+def test_bad_framing_is_refused_by_both_header_parses(
+    raw: str, error: str, need_headers: bool
+) -> None:
+    parser = ResponseParser(need_body=True, need_headers=need_headers, head_only=False,
+                            limit=1024)  # fmt: skip
+    with pytest.raises(BadResponse, match=error):
+        parser.feed(raw.encode("latin-1"))
+
+
 @pytest.mark.parametrize(
     ("raw", "status", "body", "reusable"),
     [

@@ -138,6 +138,10 @@ def test_json_load_walks_lists_by_index() -> None:
     assert json_load(b'{"backends": [{"load": 0.1}]}', ("backends", "5", "load")) is None
 
 
+def test_json_load_of_a_deeply_nested_body_is_no_figure() -> None:
+    assert json_load(b"[" * 70000, ("load",)) is None
+
+
 @given(st.text())
 def test_parse_load_is_none_or_within_0_and_1(text: str) -> None:
     load = parse_load(text)

@@ -237,7 +237,9 @@ async def test_real_time_grid_holds_over_20_slots(driver: Driver) -> None:
         assert -0.001 <= late < 0.1 * interval_s + 0.02, f"slot {k} is {late * 1000:.1f} ms late"
     assert skips == []
     assert len(lateness) == len(probe.starts)
-    assert all(0 <= late < 0.02 for late in lateness), lateness  # against the jittered slot
+    # Against the jittered slot; generous, as the machine may be busy (the grid check above is
+    # the precise one).
+    assert all(0 <= late < 0.05 for late in lateness), lateness
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
