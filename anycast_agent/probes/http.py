@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import aiohttp
+from aiohttp import BasicAuth
 from yarl import URL
 
 from anycast_agent.config import HttpCheck
@@ -176,12 +177,16 @@ class LeanHttpProbe(_Judge):
             body_limit=BODY_LIMIT,
             max_reuses=KEEPALIVE_MAX_REUSES,
         )
+        # As aiohttp sends them: host[:port] as written, and credentials in the URL as Basic
+        # authorization (never in the Host header).
+        basic = BasicAuth.from_url(url)
         self._request = build_request(
             check.method,
             url.raw_path_qs,
-            check.host if check.host is not None else url.raw_authority,  # as aiohttp sends it
+            check.host if check.host is not None else url.host_port_subcomponent or host,
             USER_AGENT,
             check.keepalive,
+            basic.encode() if basic is not None else None,
         )
         self._done: Callable[[ProbeResult], None] | None = None
         self._checks = 0  # numbers each check, so a deadline knows whether it is still current

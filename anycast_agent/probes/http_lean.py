@@ -58,12 +58,20 @@ class Response:
 Outcome = Response | Exception  # what one exchange ends with
 
 
-def build_request(method: str, target: str, host: str, user_agent: str, keepalive: bool) -> bytes:
+def build_request(
+    method: str,
+    target: str,
+    host: str,
+    user_agent: str,
+    keepalive: bool,
+    authorization: str | None = None,
+) -> bytes:
     """The request bytes, built once per probe (they never change between exchanges)."""
     connection = "keep-alive" if keepalive else "close"
+    auth = f"Authorization: {authorization}\r\n" if authorization is not None else ""
     text = (
         f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\n"
-        f"Accept: */*\r\nConnection: {connection}\r\n\r\n"
+        f"Accept: */*\r\n{auth}Connection: {connection}\r\n\r\n"
     )
     return text.encode("ascii")
 

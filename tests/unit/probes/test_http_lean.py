@@ -60,6 +60,7 @@ class RawServer:
         self.serve = serve
         self.close_after_s = close_after_s  # close an idle connection this long after answering
         self.connections = 0
+        self.requests: list[bytes] = []
         self.idle_closed = asyncio.Event()
         self.port = 0
 
@@ -67,7 +68,8 @@ class RawServer:
         self.connections += 1
         n = 0
         try:
-            while await reader.readuntil(b"\r\n\r\n"):
+            while request := await reader.readuntil(b"\r\n\r\n"):
+                self.requests.append(request)
                 n += 1
                 answer = self.serve(n)
                 if answer is None:
@@ -133,6 +135,19 @@ async def test_a_fresh_connection_dropped_unanswered_fails_without_a_retry(
     result = await probe.check()
     assert result.reason == f"127.0.0.1:{raw_server.port} closed the connection without a response"
     assert raw_server.connections == 1
+
+
+@pytest.mark.parametrize("raw_server", [(lambda n: OK_KEEPALIVE, None)], indirect=True)
+async def test_credentials_in_the_url_go_as_basic_auth_not_in_the_host_header(
+    factory: ProbeFactory, raw_server: RawServer
+) -> None:
+    url = f"http://edge:s3cret@127.0.0.1:{raw_server.port}/health"
+    result = await factory.build(HttpCheck(url=url), 0.5).check()
+    assert result.ok, result.reason
+    head = raw_server.requests[0].decode()
+    assert f"\r\nHost: 127.0.0.1:{raw_server.port}\r\n" in head
+    assert "\r\nAuthorization: Basic ZWRnZTpzM2NyZXQ=\r\n" in head  # edge:s3cret
+    assert "s3cret" not in head
 
 
 def _time_wait(port: int) -> int:
