@@ -940,19 +940,12 @@ class _GuardedCallback(_Guarded):
         self.probe = probe
 
     def start(self, done: Callable[[ProbeResult], None]) -> None:
-        reported = False
-
-        def once(result: ProbeResult) -> None:
-            nonlocal reported
-            if not reported:
-                reported = True
-                done(result)
-
+        # If `start` reported before raising, the schedule ignores this second report.
         try:
-            self.probe.start(once)
+            self.probe.start(done)
         except Exception as exc:
             self.probe.abort()
-            once(self._error(exc))
+            done(self._error(exc))
 
     def abort(self) -> None:
         self.probe.abort()

@@ -14,7 +14,7 @@ from anycast_agent.probes.base import CallbackProbe, Probe, is_callback_probe
 from anycast_agent.probes.dns import DnsProbe
 from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
-from anycast_agent.probes.http import HttpProbe, LeanHttpProbe, lean_capable
+from anycast_agent.probes.http import USER_AGENT, HttpProbe, LeanHttpProbe, lean_capable
 from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
 from anycast_agent.probes.tcp import TcpProbe
 
@@ -27,8 +27,6 @@ __all__ = [
     "run_callback_schedule",
     "run_schedule",
 ]
-
-USER_AGENT = "anycast-agent"
 
 
 class ProbeFactory:
@@ -45,9 +43,8 @@ class ProbeFactory:
         self._verifying: ssl.SSLContext | None = None
         self._unverified: ssl.SSLContext | None = None
         self._exec_env: dict[str, str] | None = None
-        self._lean: set[LeanHttpProbe] = (
-            set()
-        )  # may hold kept-alive sockets: closed on release/exit
+        # Lean probes may hold kept-alive sockets: closed on release and on exit.
+        self._lean: set[LeanHttpProbe] = set()
         self._exec_prefix: tuple[str, ...] = ()
         self._engine: Engine | None = None
 

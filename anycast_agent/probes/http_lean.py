@@ -299,10 +299,6 @@ class Connection:
         self._head_only = False
         self._reused = False
 
-    @property
-    def busy(self) -> bool:
-        return self._done is not None
-
     def start(
         self,
         request: bytes,

@@ -114,12 +114,15 @@ async def run_callback_schedule(
     ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     t0 = planned = engine.time() + phase_s
     slot = 0
+    in_flight = False  # a probe that reports twice for one start is heard once
 
     def fire(_: object) -> None:
+        nonlocal in_flight
         if ended.done():  # cancelled while this timer was pending
             return
         if on_start is not None:
             on_start(engine.time() - planned)
+        in_flight = True
         try:
             probe.start(finished)
         except Exception as exc:
@@ -127,9 +130,10 @@ async def run_callback_schedule(
                 ended.set_exception(exc)
 
     def finished(result: ProbeResult) -> None:
-        nonlocal slot, planned
-        if ended.done():
+        nonlocal slot, planned, in_flight
+        if ended.done() or not in_flight:
             return
+        in_flight = False
         try:
             on_result(result)
         except Exception as exc:

@@ -287,3 +287,25 @@ async def test_a_callback_probe_that_raises_ends_the_schedule_with_its_error() -
 
     with pytest.raises(RuntimeError, match="bug in start"):
         await asyncio.wait_for(on_engine(Broken([0.0]), 1.0, lambda r: None), 5)
+
+
+async def test_a_callback_probe_that_reports_twice_is_heard_once_per_start() -> None:
+    class Twice(SlowRealProbe):
+        def start(self, done: Callable[[ProbeResult], None]) -> None:
+            self._begin()
+            self.in_flight -= 1
+            done(ProbeResult(ok=True, latency_s=0.0))
+            done(ProbeResult(ok=False, latency_s=0.0, reason="a second report"))
+
+    probe = Twice([0.0])
+    seen: list[ProbeResult] = []
+
+    def on_result(result: ProbeResult) -> None:
+        seen.append(result)
+        if len(probe.starts) == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await asyncio.wait_for(on_engine(probe, 0.02, on_result), 5)
+    assert len(seen) == len(probe.starts) == 5
+    assert all(r.ok for r in seen)
