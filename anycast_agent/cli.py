@@ -13,13 +13,14 @@ from pathlib import Path
 import yaml
 
 from anycast_agent import __version__, logs, supervise
-from anycast_agent.agent import Agent, DryRunSpeaker, config_bytes
+from anycast_agent.agent import Agent
 from anycast_agent.client import CLIENT_COMMANDS, add_client_commands, run_client
-from anycast_agent.config import ENV_PREFIX, AgentConfig, load_config
+from anycast_agent.config import ENV_PREFIX, AgentConfig, deprecations, load_config
 from anycast_agent.control.server import ControlServer, load_token
 from anycast_agent.errors import ConfigError
 from anycast_agent.exabgp_conf import agent_command, render_exabgp
 from anycast_agent.speaker.channel import Channel
+from anycast_agent.speaker.dry_run import DryRunSpeaker
 from anycast_agent.speaker.stdio import open_stdin, write_stdout
 from anycast_agent.state import LAST_GOOD
 
@@ -115,6 +116,8 @@ def check_config(path: Path) -> int:
             for problem in exc.problems:
                 print(f"  control.token_file: {problem}", file=sys.stderr)
             return EXIT_CONFIG
+    for warning in deprecations(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     targets = sum(len(s.targets) for s in config.services)
     print(
         f"{path}: ok (pop {config.pop}, {len(config.services)} services, {targets} targets, "
@@ -154,10 +157,17 @@ def _state_dir_hint(path: Path, explicit: Path | None) -> Path:
     return DEFAULT_STATE_DIR
 
 
+def config_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def _load_for_run(path: Path, state_dir: Path | None) -> tuple[AgentConfig, bytes | None, bool]:
     """The config to run, its bytes, and whether it is the last-good one; raises ConfigError."""
     try:
-        return load_config(path), config_bytes(path), False
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s: %s", exc.source, problem)
@@ -176,6 +186,9 @@ def _load_for_run(path: Path, state_dir: Path | None) -> tuple[AgentConfig, byte
             last_good,
         )
         return config, None, True
+    for warning in deprecations(config):
+        log.warning("%s: %s", path, warning)
+    return config, config_bytes(path), False
 
 
 def run(path: Path, *, dry_run: bool = False, state_dir: Path | None = None) -> int:
@@ -205,15 +218,6 @@ async def _run(
     except ConfigError as exc:
         # check-config (ExecStartPre) refuses this; at run time the routes matter more.
         log.critical("control endpoint disabled: %s", exc)
-    reloads: set[asyncio.Task[list[str]]] = set()
-
-    def on_sighup() -> None:
-        # SIGHUP to the agent's own PID reloads (never to ExaBGP: it shuts down on SIGHUP).
-        task = loop.create_task(agent.reload(), name="reload:sighup")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     log.info(
         "anycast-agent %s starting: pop %s, %d services%s",
         __version__,

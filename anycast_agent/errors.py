@@ -25,17 +25,5 @@ class SpeakerError(AgentError):
         super().__init__(f"ExaBGP answered {answer!r} to {command!r}")
 
 
-class UnknownService(AgentError):
-    """An operator named a service that is not configured (control endpoint: 404)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(f"no service named {name!r} is configured")
-
-
-class Conflict(AgentError):
-    """An operator request that cannot apply in the current state (control endpoint: 409)."""
-
-
 class RenderError(AgentError):
     """A value that must never reach ExaBGP's command channel (control character, non-ASCII...)."""

@@ -25,6 +25,14 @@ class Family(enum.StrEnum):
         return Family.IPV4 if prefix.version == 4 else Family.IPV6
 
 
+class NeighborState(enum.StrEnum):
+    """A BGP session as ExaBGP reports it (its `up` event and `established` summary agree)."""
+
+    ESTABLISHED = "established"
+    CONNECTED = "connected"  # TCP up, BGP not (yet) established
+    DOWN = "down"
+
+
 class TargetState(enum.StrEnum):
     UNKNOWN = "unknown"
     HEALTHY = "healthy"

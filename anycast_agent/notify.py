@@ -96,10 +96,11 @@ class Notifier:
             return False
         return True
 
-    def set_stall_after(self, stall_after_s: float | None) -> None:
-        """A reload changed the probe periods: adjust how stale progress may get."""
+    def allow_periods(self, slowest_s: float) -> None:
+        """Never stop pinging before the slowest probe period (plus its timeout) has passed, so
+        a slow but healthy schedule is not mistaken for a hang; set again after each reload."""
         if self.watchdog is not None:
-            limit = stall_after_s if stall_after_s is not None else self.watchdog.timeout_s
+            limit = max(self.watchdog.timeout_s, slowest_s)
             self.watchdog = replace(self.watchdog, stall_after_s=limit)
 
     def ready(self) -> bool:

@@ -118,3 +118,21 @@ class Store:
         else:
             atomic_write(self.previous, current)
         atomic_write(self.path, encode(intents))
+
+    def load_or_drain(self) -> tuple[Intents, bool]:
+        """The persisted intents, logged; (no intents, True) when no copy can be read: the
+        core then starts with the whole PoP drained ("state unreadable")."""
+        try:
+            intents = self.load()
+        except Unreadable as exc:
+            log.critical("%s: every service starts drained (state unreadable)", exc)
+            return Intents(), True
+        if intents.drains or intents.meds:
+            log.info(
+                "operator intents: %s",
+                "; ".join(
+                    [f"drain {d.service} ({d.reason})" for d in intents.drains.values()]
+                    + [f"med {m.service}={m.med}" for m in intents.meds.values()]
+                ),
+            )
+        return intents, False

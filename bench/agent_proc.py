@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anycast_agent.agent as agent_module
+import anycast_agent.probes.runner as runner_module
 from anycast_agent import logs
-from anycast_agent.agent import Agent, DryRunSpeaker
+from anycast_agent.agent import Agent
 from anycast_agent.config import load_config
 from anycast_agent.control.server import ControlServer
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+from anycast_agent.speaker.dry_run import DryRunSpeaker
 
 
 @dataclass
@@ -70,7 +71,7 @@ def recording(schedule: Callable[..., Awaitable[None]]) -> Callable[..., Awaitab
     """`schedule` (either probe driver) with the recorder on its result, skip and start hooks."""
 
     def wrapped(*args: Any, **kw: Any) -> Awaitable[None]:
-        *leading, on_result = args  # the agent passes on_result last of the positionals
+        *leading, on_result = args  # the runner passes on_result last of the positionals
         agent_on_skip: Callable[[int], None] | None = kw.pop("on_skip", None)
 
         def on_both(result: ProbeResult) -> None:
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logs.setup(args.log_level)
-    agent_module.run_schedule = recording(run_schedule)
-    agent_module.run_callback_schedule = recording(run_callback_schedule)
+    runner_module.run_schedule = recording(run_schedule)
+    runner_module.run_callback_schedule = recording(run_callback_schedule)
     measured = asyncio.run(_main(args.config, args.warmup, args.window))
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     measured.update(

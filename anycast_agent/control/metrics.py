@@ -16,12 +16,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from anycast_agent.core.snapshot import Snapshot
-from anycast_agent.model import TargetState
+from anycast_agent.model import NeighborState, TargetState
 
 PREFIX = "anycast_agent_"
-
-# Neighbor states that mean the BGP session is up, as the agent reports them.
-_UP_STATES = frozenset({"established", "up"})
 
 
 def _g(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -92,7 +89,7 @@ class SnapshotCollector(Collector):
         yield age
         neighbor_up = _g("neighbor_up", "1 while the BGP session is established.", ("neighbor",))
         for address, state in sorted(snap.neighbors.items()):
-            neighbor_up.add_metric([address], 1.0 if state in _UP_STATES else 0.0)
+            neighbor_up.add_metric([address], 1.0 if state is NeighborState.ESTABLISHED else 0.0)
         yield neighbor_up
         sent = _c("commands_sent", "Route commands written to ExaBGP.")
         sent.add_metric([], snap.commands_sent)
@@ -103,7 +100,7 @@ class SnapshotCollector(Collector):
             ("result",),
         )
         for result, count in sorted(snap.commands_acked.items()):
-            acked.add_metric([result], count)
+            acked.add_metric([result.value], count)
         yield acked
 
     def _targets(self, snap: Snapshot) -> Iterator[Metric]:
@@ -144,7 +141,11 @@ class SnapshotCollector(Collector):
             "healthy": _g("service_healthy_targets", "Targets counted healthy.", lab),
             "total": _g("service_targets", "Targets configured.", lab),
             "quorum": _g("service_quorum_targets", "Healthy targets needed to be up.", lab),
-            "up": _g("service_up", "1 while the service is UP (enough healthy targets).", lab),
+            "up": _g(
+                "service_up",
+                "1 while the service is healthy and announced, fully or at a ramp stage.",
+                lab,
+            ),
             "stage": _g(
                 "ramp_stage_percent",
                 "Ramp stage: 100 when fully announced, 0 when withdrawn.",
@@ -169,7 +170,7 @@ class SnapshotCollector(Collector):
             families["healthy"].add_metric(key, svc.healthy)
             families["total"].add_metric(key, svc.total)
             families["quorum"].add_metric(key, svc.quorum)
-            families["up"].add_metric(key, 1.0 if svc.status == "up" else 0.0)
+            families["up"].add_metric(key, 1.0 if svc.announcing else 0.0)
             families["stage"].add_metric(key, svc.stage)
             families["held"].add_metric(key, 1.0 if svc.ramp_held else 0.0)
             if svc.med is not None:

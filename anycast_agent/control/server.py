@@ -150,6 +150,21 @@ class ControlServer:
         self._address = name if isinstance(name, str) else (str(name[0]), int(name[1]))
         log.info("control endpoint listening on %s", self.describe())
 
+    async def serve(self) -> bool:
+        """`start`, but a failure to bind is logged, not raised: the agent runs on without its
+        endpoint (routes matter more than status); False then."""
+        try:
+            await self.start()
+        except OSError as exc:
+            log.critical(
+                "control endpoint %s unavailable (%s): running without status, metrics and "
+                "operator control",
+                self.listen,
+                exc.strerror or exc,
+            )
+            return False
+        return True
+
     def _bind(self) -> socket.socket:
         if self.listen.startswith("unix:"):
             return _unix_socket(self.listen[5:])

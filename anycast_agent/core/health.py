@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from anycast_agent.model import TargetState
+from anycast_agent.core.commands import StartProbe, StopProbe
+from anycast_agent.core.spec import PopSpec, TargetSpec
+from anycast_agent.model import ProbeResult, TargetState
 
 S = TargetState
 
@@ -50,3 +53,53 @@ def observe(h: Health, ok: bool, *, rise: int, fall: int) -> Health:
         case _:  # pragma: no cover - the match above is exhaustive
             raise AssertionError(h.state)
     return Health(state, successes, failures)
+
+
+@dataclass(slots=True)
+class TargetRecord:
+    """One target as the core tracks it: its health, its last result and its counters."""
+
+    spec: TargetSpec
+    health: Health = Health()
+    last: ProbeResult | None = None
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    transitions: int = 0
+
+
+def carry_targets(
+    targets: Mapping[str, list[TargetRecord]], spec: PopSpec
+) -> tuple[dict[str, list[TargetRecord]], list[StartProbe | StopProbe]]:
+    """The targets of a new config: one that kept its service, name and check keeps its
+    history (and its probe runs on); any other starts afresh, unknown."""
+    old = {(s, r.spec.name): r for s, records in targets.items() for r in records}
+    carried: dict[str, list[TargetRecord]] = {}
+    probes: list[StartProbe | StopProbe] = []
+    for svc in spec.services:
+        records = []
+        for t in svc.targets:
+            kept = old.pop((svc.name, t.name), None)
+            if kept is not None and kept.spec == t:
+                records.append(kept)
+                continue
+            if kept is not None:
+                probes.append(StopProbe(svc.name, t.name))
+            records.append(TargetRecord(t))
+            probes.append(StartProbe(svc.name, t))
+        carried[svc.name] = records
+    probes += [StopProbe(service, name) for service, name in old]
+    return carried, probes
+
+
+def capacity(records: Sequence[TargetRecord]) -> tuple[int, float | None]:
+    """Targets lost (unhealthy, or recovering: not carrying traffic yet) and the mean load the
+    healthy ones report (None when none reports one): the inputs of the capacity and load
+    penalties (DESIGN §3.3)."""
+    lost = sum(r.health.state in (S.UNHEALTHY, S.RECOVERING) for r in records)
+    loads = [
+        r.last.load
+        for r in records
+        if r.health.counts_healthy and r.last is not None and r.last.load is not None
+    ]
+    return lost, (sum(loads) / len(loads) if loads else None)

@@ -55,3 +55,7 @@ class Intents:
         if len(drains) == len(self.drains) and len(meds) == len(self.meds):
             return self
         return replace(self, drains=drains, meds=meds)
+
+    def describe(self) -> str:
+        parts = [f"drain {k}" for k in self.drains] + [f"med {k}" for k in self.meds]
+        return ", ".join(parts) or "none"

@@ -6,8 +6,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from anycast_agent.config import Service
 from anycast_agent.core.health import Health
+from anycast_agent.core.spec import ServiceSpec
 
 
 class ServiceStatus(enum.StrEnum):
@@ -26,12 +26,12 @@ class Decision:
     reason: str
 
 
-def decide(service: Service, healths: Sequence[Health]) -> Decision:
+def decide(service: ServiceSpec, healths: Sequence[Health]) -> Decision:
     """UP once the quorum is certainly met, DOWN once it certainly cannot be, else UNKNOWN."""
     total = len(healths)
     healthy = sum(h.counts_healthy for h in healths)
     decided = sum(h.decided for h in healths)
-    quorum = service.quorum()
+    quorum = service.quorum
     undecided = total - decided
     counts = f"{healthy}/{total} targets healthy, quorum {quorum}"
     if healthy >= quorum:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from anycast_agent.core.commands import Announce, Command, Withdraw
+from anycast_agent.core.commands import Announce, RouteCommand, Withdraw
 from anycast_agent.model import RouteAttrs, RouteKey
 
 
@@ -22,10 +22,12 @@ class Rib:
     held: dict[RouteKey, RouteAttrs] = field(default_factory=dict)
     # Commands ExaBGP refused or did not answer: that same command is not sent again before
     # the given time (any other command for the route goes out at once).
-    blocked: dict[RouteKey, tuple[Command, float]] = field(default_factory=dict)
+    blocked: dict[RouteKey, tuple[RouteCommand, float]] = field(default_factory=dict)
     # Held routes to announce again although unchanged (their session came back up, or the
     # last announce of them went unanswered).
     resend: set[RouteKey] = field(default_factory=set)
+    # Routes with a command sent and not yet answered: planned no further until its ack.
+    in_flight: set[RouteKey] = field(default_factory=set)
 
     def plan(
         self,
@@ -33,7 +35,7 @@ class Rib:
         allowed: Collection[RouteKey],
         now: float,
         causes: Mapping[str, str] | None = None,
-    ) -> list[Command]:
+    ) -> list[RouteCommand]:
         """Commands that move ExaBGP from `held` to `wanted`.
 
         `allowed` is every (neighbor, prefix) the config maps a service to: a held route
@@ -44,7 +46,7 @@ class Rib:
         causes = causes or {}
         for key in [k for k, (_, t) in self.blocked.items() if t <= now]:
             del self.blocked[key]  # a past refusal no longer holds anything back
-        commands: list[Command] = []
+        commands: list[RouteCommand] = []
         for key in sorted(self.held):
             if key not in allowed:
                 commands.append(Withdraw(key, "no longer configured for this neighbor"))
@@ -53,9 +55,9 @@ class Rib:
         for key, attrs in sorted((k, a) for k, a in wanted.items() if a is not None):
             if self.held.get(key) != attrs or key in self.resend:
                 commands.append(Announce(key, attrs, causes.get(key.prefix, "service up")))
-        return [c for c in commands if not self._blocked(c)]
+        return [c for c in commands if c.key not in self.in_flight and not self._blocked(c)]
 
-    def _blocked(self, command: Command) -> bool:
+    def _blocked(self, command: RouteCommand) -> bool:
         entry = self.blocked.get(command.key)
         if entry is None:
             return False
@@ -71,7 +73,7 @@ class Rib:
         """When the earliest refused command may be tried again (None: nothing waits)."""
         return min((t for _, t in self.blocked.values() if t > now), default=None)
 
-    def accepted(self, command: Command) -> None:
+    def accepted(self, command: RouteCommand) -> None:
         """ExaBGP answered `done`: it now holds what the command says."""
         self.blocked.pop(command.key, None)
         self.resend.discard(command.key)
@@ -81,7 +83,7 @@ class Rib:
             case Withdraw(key=key):
                 self.held.pop(key, None)
 
-    def refused(self, command: Command, retry_at: float) -> None:
+    def refused(self, command: RouteCommand, retry_at: float) -> None:
         """ExaBGP answered `error`: it did not take the command; it keeps what it had."""
         if isinstance(command, Withdraw):
             # ExaBGP refuses a withdraw only for a neighbor it does not know: nothing is held.
@@ -90,7 +92,7 @@ class Rib:
         else:
             self.blocked[command.key] = (command, retry_at)
 
-    def unanswered(self, command: Command, retry_at: float) -> None:
+    def unanswered(self, command: RouteCommand, retry_at: float) -> None:
         """No ack in time: ExaBGP may or may not have applied it. Assume it did, and try the
         same command again after `retry_at` (an identical announce costs nothing)."""
         self.blocked[command.key] = (command, retry_at)

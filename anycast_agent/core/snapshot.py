@@ -1,17 +1,45 @@
-"""An immutable picture of the agent for status and metrics, built once per decision step."""
+"""An immutable picture of the PoP for status and metrics, built from the core at most once
+per change and shared by every reader (status, metrics, the control endpoint's name check)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from anycast_agent.core.events import AckResult
+from anycast_agent.core.health import TargetRecord
 from anycast_agent.core.intents import Drain, MedOverride
-from anycast_agent.model import RouteAttrs, TargetState
+from anycast_agent.core.spec import RampMode, TargetKind
+from anycast_agent.core.traffic import Memory, Phase
+from anycast_agent.model import NeighborState, RouteAttrs, TargetState
+
+if TYPE_CHECKING:
+    from anycast_agent.core.pop import Pop
+
+__all__ = [
+    "About",
+    "RouteSnapshot",
+    "ServiceSnapshot",
+    "Snapshot",
+    "TargetRecord",
+    "TargetSnapshot",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class About:
+    """Facts about this agent process that the core reports but does not decide."""
+
+    version: str
+    started_at: float  # wall clock
+    starts: int  # agent starts counted in state_dir (respawns included)
+    last_good_fallback: bool = False  # running the last-good config: the given one is invalid
 
 
 @dataclass(frozen=True, slots=True)
 class TargetSnapshot:
     name: str
-    kind: str  # http | tcp | exec | dns
+    kind: TargetKind
     state: TargetState
     last_ok: bool | None
     last_reason: str
@@ -29,21 +57,21 @@ class RouteSnapshot:
 
     prefix: str
     neighbor: str
-    wanted: RouteAttrs | None  # None: withdrawn (or no opinion yet, see the service status)
+    wanted: RouteAttrs | None  # None: withdrawn (or no opinion yet, see the service phase)
     accepted: RouteAttrs | None  # what ExaBGP holds, as acknowledged
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceSnapshot:
     name: str
-    status: str  # unknown | up | down
+    phase: Phase
     reason: str
     healthy: int
     total: int
     quorum: int
     med: int | None  # the MED announced (None while withdrawn)
     stage: int  # ramp stage percent, 100 when fully announced, 0 when withdrawn
-    ramp_mode: str
+    ramp_mode: RampMode
     ramp_held: bool
     suppressed: bool  # flap damping keeps it withdrawn
     penalty: float
@@ -53,22 +81,93 @@ class ServiceSnapshot:
     targets: tuple[TargetSnapshot, ...]
     routes: tuple[RouteSnapshot, ...]
 
+    @property
+    def announcing(self) -> bool:
+        """Healthy and announced by health: fully (UP) or at a ramp stage (RAMPING)."""
+        return self.phase in (Phase.UP, Phase.RAMPING)
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     pop: str
     version: str
     started_at: float  # wall clock
-    ready: bool  # first full evaluation done with the ExaBGP channel up
+    ready: bool  # every service decided at least once since the start
     channel_up: bool
-    neighbors: dict[str, str]  # address -> state (established, down, ...)
+    neighbors: dict[str, NeighborState]
     commands_sent: int
-    commands_acked: dict[str, int]  # done | error | timeout -> count
-    starts: int  # agent starts counted in state_dir (respawns included)
-    last_good_fallback: bool  # running the last-good config because the given one is invalid
+    commands_acked: dict[AckResult, int]
+    starts: int
+    last_good_fallback: bool
     state_unreadable: bool
     last_progress: float  # monotonic time of the last probe-loop/decision progress
     services: tuple[ServiceSnapshot, ...]
 
     def service(self, name: str) -> ServiceSnapshot | None:
         return next((s for s in self.services if s.name == name), None)
+
+
+def _target(r: TargetRecord) -> TargetSnapshot:
+    last = r.last
+    return TargetSnapshot(
+        name=r.spec.name,
+        kind=r.spec.kind,
+        state=r.health.state,
+        last_ok=last.ok if last else None,
+        last_reason=last.reason if last else "",
+        last_latency_s=last.latency_s if last else None,
+        load=last.load if last else None,
+        probes_ok=r.ok,
+        probes_failed=r.failed,
+        skipped_slots=r.skipped,
+        transitions=r.transitions,
+    )
+
+
+def build_snapshot(pop: Pop) -> Snapshot:
+    held = pop.rib.held
+    services = []
+    for svc in pop.spec.services:
+        outcome = pop.outcomes.get(svc.name)
+        mem = pop.memory.get(svc.name, Memory())
+        prefixes = {str(p) for p in svc.prefixes}
+        wanted = outcome.wanted if outcome else {}
+        keys = sorted({k for k in (*wanted, *held) if k.prefix in prefixes})
+        services.append(
+            ServiceSnapshot(
+                name=svc.name,
+                phase=outcome.phase if outcome else Phase.UNKNOWN,
+                reason=outcome.reason if outcome else "not evaluated yet",
+                healthy=pop.healthy.get(svc.name, 0),
+                total=len(svc.targets),
+                quorum=svc.quorum,
+                med=outcome.med if outcome else None,
+                stage=outcome.stage_percent if outcome else 0,
+                ramp_mode=svc.policy.ramp_mode,
+                ramp_held=svc.name in pop.intents.ramp_holds,
+                suppressed=mem.damping.suppressed,
+                penalty=outcome.penalty if outcome else 0.0,
+                drain=pop.intents.drain_of(svc.name),
+                med_override=pop.intents.meds.get(svc.name),
+                transitions=mem.transitions,
+                targets=tuple(_target(r) for r in pop.targets.get(svc.name, ())),
+                routes=tuple(
+                    RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), held.get(k)) for k in keys
+                ),
+            )
+        )
+    return Snapshot(
+        pop=pop.spec.pop,
+        version=pop.about.version,
+        started_at=pop.about.started_at,
+        ready=pop.ready,
+        channel_up=pop.channel_up,
+        neighbors=dict(sorted(pop.neighbors.items())),
+        commands_sent=sum(pop.acked.values()),
+        commands_acked=dict(pop.acked),
+        starts=pop.about.starts,
+        last_good_fallback=pop.about.last_good_fallback,
+        state_unreadable=pop.state_unreadable,
+        last_progress=pop.last_progress,
+        services=tuple(services),
+    )

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from anycast_agent.config import Neighbor, OnDown, Policy, RampMode, Service
+from anycast_agent.core.health import TargetRecord
 from anycast_agent.core.intents import POP, Intents
 from anycast_agent.core.policy import Decision, ServiceStatus
+from anycast_agent.core.spec import OnDown, Policy, RampMode, ServiceSpec
 from anycast_agent.model import GRACEFUL_SHUTDOWN, MED_DRAIN, Family, RouteAttrs, RouteKey
 
 # A drained service is announced with the local AS this many times (3 extra prepends).
@@ -85,10 +86,9 @@ def sort_communities(communities: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(communities), key=lambda c: tuple(int(x) for x in c.split(":"))))
 
 
-def computed_med(
-    service: Service, policy: Policy, decision: Decision, lost: int, load: float | None
-) -> int:
+def computed_med(service: ServiceSpec, decision: Decision, lost: int, load: float | None) -> int:
     """Base MED + capacity penalty (share of targets lost) + load penalty (highest tier met)."""
+    policy = service.policy
     capacity = round(policy.capacity_penalty * lost / decision.total) if decision.total else 0
     load_penalty = 0
     if load is not None:
@@ -154,8 +154,7 @@ def _hold_med(
 
 
 def _routes(
-    service: Service,
-    neighbors: tuple[Neighbor, ...],
+    service: ServiceSpec,
     attrs: RouteAttrs | None,
     neighbor_share: int = 100,
     prefix_share: int = 100,
@@ -169,46 +168,43 @@ def _routes(
     prefixes = service.prefixes
     chosen = set(prefixes[: math.ceil(prefix_share * len(prefixes) / 100)])
     for prefix in prefixes:
-        carriers = [n for n in neighbors if Family.of(prefix) in n.families]
+        carriers = [n for n in service.neighbors if Family.of(prefix) in n.families]
         reach = math.ceil(neighbor_share * len(carriers) / 100)
         for index, neighbor in enumerate(carriers):
             on = attrs is not None and prefix in chosen and index < reach
-            wanted[RouteKey.of(neighbor.address, prefix)] = attrs if on else None
+            wanted[RouteKey(neighbor.address, str(prefix))] = attrs if on else None
     return wanted
 
 
 def _stage_routes(
-    service: Service,
-    policy: Policy,
-    neighbors: tuple[Neighbor, ...],
+    service: ServiceSpec,
     stage: int,
     med: int,
     communities: tuple[str, ...],
 ) -> dict[RouteKey, RouteAttrs | None]:
     """The routes of one ramp stage (DESIGN §3.4)."""
+    policy = service.policy
     percent = policy.stages[stage]
     if percent >= 100:
-        return _routes(service, neighbors, RouteAttrs(med=med, communities=communities))
+        return _routes(service, RouteAttrs(med=med, communities=communities))
     match policy.ramp_mode:
         case RampMode.NEIGHBORS:
             attrs = RouteAttrs(med=med, communities=communities)
-            return _routes(service, neighbors, attrs, neighbor_share=percent)
+            return _routes(service, attrs, neighbor_share=percent)
         case RampMode.PREFIXES:
             attrs = RouteAttrs(med=med, communities=communities)
-            return _routes(service, neighbors, attrs, prefix_share=percent)
+            return _routes(service, attrs, prefix_share=percent)
         case _:
             attrs = RouteAttrs(
                 med=med,
                 as_path=(policy.local_as,) * (1 + extra_prepends(stage, policy.stages)),
                 communities=sort_communities((*communities, GRACEFUL_SHUTDOWN)),
             )
-            return _routes(service, neighbors, attrs)
+            return _routes(service, attrs)
 
 
 def evaluate(
-    service: Service,
-    policy: Policy,
-    neighbors: tuple[Neighbor, ...],
+    service: ServiceSpec,
     mem: Memory,
     decision: Decision,
     lost: int,
@@ -220,6 +216,7 @@ def evaluate(
 ) -> tuple[Memory, Outcome]:
     """One decision step for one service. `now` is monotonic, `wall` is the wall clock;
     `held` is what ExaBGP holds (a drain only de-prefers those routes)."""
+    policy = service.policy
     raw = decision.status
     mem = _damp(mem, raw, policy, now)
     if raw is not ServiceStatus.UNKNOWN and raw is not mem.last_raw:
@@ -244,7 +241,7 @@ def evaluate(
             phase, reason, stage, med, penalty, wanted, min(all_wakes, default=None)
         )
 
-    withdrawn = _routes(service, neighbors, None)
+    withdrawn = _routes(service, None)
     if drain is not None:
         mem = replace(mem, was_up=False, med=MedHold())
         # The grace runs from the earliest drain that applies (a service drain added during a
@@ -294,7 +291,7 @@ def evaluate(
                 decision.reason,
                 100,
                 service.med_down,
-                _routes(service, neighbors, attrs),
+                _routes(service, attrs),
             )
         return outcome(mem, Phase.DOWN, decision.reason, 0, None, withdrawn)
 
@@ -309,7 +306,7 @@ def evaluate(
     stage = min(mem.stage, last)
     percent = policy.stages[stage]
 
-    target = computed_med(service, policy, decision, lost, load)
+    target = computed_med(service, decision, lost, load)
     hold, wake = _hold_med(mem.med, target, policy, now)
     mem = replace(mem, med=hold)
     if wake is not None:
@@ -318,7 +315,7 @@ def evaluate(
     override = intents.meds.get(service.name)
     med = override.med if override is not None else hold.sent
 
-    wanted = _stage_routes(service, policy, neighbors, stage, med, communities)
+    wanted = _stage_routes(service, stage, med, communities)
     phase = Phase.UP if percent >= 100 else Phase.RAMPING
     reason = decision.reason
     if phase is Phase.RAMPING:
@@ -333,9 +330,7 @@ def evaluate(
 
 
 def adopt(
-    service: Service,
-    policy: Policy,
-    neighbors: tuple[Neighbor, ...],
+    service: ServiceSpec,
     held: Mapping[RouteKey, RouteAttrs],
     now: float,
 ) -> Memory:
@@ -345,7 +340,8 @@ def adopt(
     MED change still has to hold for `med_hold` from now. Routes held de-preferred (drain, or
     `on_down: deprefer`) mean the service was not up: it ramps when it comes back.
     """
-    mine = {k: a for k, a in held.items() if k in _routes(service, neighbors, None)}
+    policy = service.policy
+    mine = {k: a for k, a in held.items() if k in _routes(service, None)}
     if not mine:
         return Memory()
     sample = next(iter(mine.values()))
@@ -355,7 +351,7 @@ def adopt(
     held_keys = set(mine)
 
     def shape(stage: int) -> tuple[set[RouteKey], int]:
-        routes = _stage_routes(service, policy, neighbors, stage, sample.med, ())
+        routes = _stage_routes(service, stage, sample.med, ())
         announced = {k for k, a in routes.items() if a is not None}
         path = next((len(a.as_path) for a in routes.values() if a is not None), 0)
         return announced, path
@@ -373,3 +369,26 @@ def adopt(
         stage_since=now,
         med=MedHold(sent=sample.med, last_change=now),
     )
+
+
+def change_line(
+    name: str, before: Outcome | None, after: Outcome, records: Sequence[TargetRecord]
+) -> str | None:
+    """The log line of a service whose phase, stage or MED changed (None: nothing changed)."""
+    if before is None and after.phase is Phase.UNKNOWN:
+        return None
+    if before is not None and (before.phase, before.stage_percent, before.med) == (
+        after.phase,
+        after.stage_percent,
+        after.med,
+    ):
+        return None
+    lost = [
+        f"{r.spec.name} {r.health.state}"
+        + (f" ({r.last.reason})" if r.last and r.last.reason else "")
+        for r in records
+        if not r.health.counts_healthy
+    ]
+    tail = f"; {', '.join(lost)}" if lost and after.phase is not Phase.UP else ""
+    was = before.phase if before else Phase.UNKNOWN
+    return f"service {name} {was} -> {after.phase}: {after.reason}{tail}"

@@ -13,10 +13,13 @@ import asyncio
 import concurrent.futures
 import errno
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anycast_agent.errors import AgentError
+
+log = logging.getLogger("anycast_agent")
 
 if TYPE_CHECKING:
     from pyroute2 import NetlinkError
@@ -61,6 +64,9 @@ def withheld(prefixes: Iterable[Prefix], present: Iterable[Vip]) -> set[Prefix]:
     return {p for p in prefixes if p.network_address not in addresses}
 
 
+# What a netlink call may raise: the interface is gone, the kernel refused, or the socket failed.
+NETLINK_ERRORS = (InterfaceNotFound, AddressError, OSError)
+
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -97,6 +103,24 @@ class Addresses:
         return await _run(self.remove_sync, address)
 
     # -- the blocking calls ----------------------------------------------------------------------
+
+    async def add_vip(self, prefix: str) -> str:
+        """Put the prefix's address up before its route is announced: "" once it is there,
+        else why not (the announce waits)."""
+        try:
+            if await self.add(vip_of(prefix)):
+                log.info("VIP %s added on %s", prefix, self.interface)
+        except NETLINK_ERRORS as exc:
+            return str(exc)
+        return ""
+
+    async def remove_vip(self, prefix: str) -> None:
+        """Take the prefix's address down after its last withdraw; a failure is only logged."""
+        try:
+            if await self.remove(vip_of(prefix)):
+                log.info("VIP %s removed from %s", prefix, self.interface)
+        except NETLINK_ERRORS as exc:
+            log.error("%s", exc)
 
     def present_sync(self, interface: str | None = None) -> set[Vip]:
         from pyroute2 import NetlinkError  # noqa: PLC0415 - on first use, see the docstring

@@ -10,7 +10,7 @@ from ipaddress import ip_address, ip_network
 
 from anycast_agent.core.commands import Announce, Command, Withdraw
 from anycast_agent.errors import RenderError
-from anycast_agent.model import RouteAttrs, RouteKey
+from anycast_agent.model import NeighborState, RouteAttrs, RouteKey
 
 _SAFE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space, no control character
 _COMMUNITY = re.compile(r"^\d{1,5}:\d{1,5}$")
@@ -76,10 +76,19 @@ class Ack(enum.StrEnum):
     SHUTDOWN = "shutdown"  # the answer ExaBGP gives while it is shutting down
 
 
-class NeighborState(enum.StrEnum):
-    CONNECTED = "connected"
-    UP = "up"
-    DOWN = "down"
+# ExaBGP's `state` events say `connected`, `up` or `down`; the agent's vocabulary says
+# `established` for `up`, as `show neighbor summary` does.
+_EVENT_STATES = {
+    "connected": NeighborState.CONNECTED,
+    "up": NeighborState.ESTABLISHED,
+    "down": NeighborState.DOWN,
+}
+# `show neighbor summary` prints the BGP FSM state.
+_SUMMARY_STATES = {
+    "established": NeighborState.ESTABLISHED,
+    "opensent": NeighborState.CONNECTED,
+    "openconfirm": NeighborState.CONNECTED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +152,9 @@ def _event(message: dict[str, object]) -> Inbound:
     kind = str(message.get("type", ""))
     neighbor = message.get("neighbor")
     if kind == "state" and isinstance(neighbor, dict):
-        state = str(neighbor.get("state", ""))
-        if state in NeighborState.__members__.values():
-            return StateEvent(_peer(message), NeighborState(state), str(neighbor.get("reason", "")))
+        state = _EVENT_STATES.get(str(neighbor.get("state", "")))
+        if state is not None:
+            return StateEvent(_peer(message), state, str(neighbor.get("reason", "")))
     if kind == "notification" and message.get("notification") == "shutdown":
         return ShutdownEvent()
     if kind == "notification" and isinstance(neighbor, dict):
@@ -189,13 +198,13 @@ def parse_adj_rib_out(lines: list[str]) -> dict[RouteKey, RouteAttrs]:
     return held
 
 
-def parse_neighbor_summary(lines: list[str]) -> dict[str, str]:
+def parse_neighbor_summary(lines: list[str]) -> dict[str, NeighborState]:
     """`show neighbor summary` → {peer address: state}.
 
     Lines are `peer AS up/down state #sent #recvd`; 4.2 lists established peers only, 5.0
     lists every peer (`down idle` when not up).
     """
-    states: dict[str, str] = {}
+    states: dict[str, NeighborState] = {}
     for line in lines:
         fields = line.split()
         if len(fields) < 4:
@@ -204,5 +213,5 @@ def parse_neighbor_summary(lines: list[str]) -> dict[str, str]:
             peer = str(ip_address(fields[0]))
         except ValueError:
             continue
-        states[peer] = fields[3].lower()
+        states[peer] = _SUMMARY_STATES.get(fields[3].lower(), NeighborState.DOWN)
     return states

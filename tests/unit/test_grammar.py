@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 
 from anycast_agent.core.commands import Announce, Withdraw
 from anycast_agent.errors import RenderError
-from anycast_agent.model import RouteAttrs, RouteKey
+from anycast_agent.model import NeighborState, RouteAttrs, RouteKey
 from anycast_agent.speaker.grammar import (
     Ack,
-    NeighborState,
     ShutdownEvent,
     StateEvent,
     TextLine,
@@ -135,7 +134,7 @@ def test_acks(version: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_state_events(version: str) -> None:
     events = [parse_inbound(line) for line in sample(version, "state-connected-up.txt")]
-    ups = [e for e in events if isinstance(e, StateEvent) and e.state is NeighborState.UP]
+    ups = [e for e in events if isinstance(e, StateEvent) and e.state is NeighborState.ESTABLISHED]
     assert {e.neighbor for e in ups} >= {"198.51.100.1"}
     downs = [parse_inbound(line) for line in sample(version, "state-down-bird-killed.txt")]
     down = next(e for e in downs if isinstance(e, StateEvent))
@@ -175,4 +174,4 @@ def test_neighbor_summary_down() -> None:
     # 4.2 leaves a peer out while it is down; 5.0 lists it as `down idle`.
     assert parse_neighbor_summary(sample("exabgp-4.2", "show-neighbor-summary-down.txt")) == {}
     down = parse_neighbor_summary(sample("exabgp-5.0", "show-neighbor-summary-both-down.txt"))
-    assert down == {"198.51.100.1": "idle", "198.51.100.5": "idle"}
+    assert down == {"198.51.100.1": NeighborState.DOWN, "198.51.100.5": NeighborState.DOWN}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from anycast_agent.config import service_spec
 from anycast_agent.core.commands import Announce, Withdraw
 from anycast_agent.core.health import Health
 from anycast_agent.core.policy import decide
@@ -25,7 +26,7 @@ def healths(code: str) -> list[Health]:
 
 def status(code: str, **svc: object) -> str:
     cfg = make_config()
-    service = cfg.services[0].model_copy(update=svc)
+    service = service_spec(cfg, cfg.services[0].model_copy(update=svc))
     return decide(service, healths(code)).status.value
 
 

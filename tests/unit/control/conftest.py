@@ -15,9 +15,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from anycast_agent.control.api import make_app
-from anycast_agent.core.intents import POP, Drain, MedOverride, RampAction
+from anycast_agent.core.commands import Refusal
+from anycast_agent.core.events import (
+    AckResult,
+    ClearMedRequest,
+    DrainRequest,
+    OperatorRequest,
+    RampRequest,
+    SetMedRequest,
+    UndrainRequest,
+)
+from anycast_agent.core.intents import POP, Drain, MedOverride
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
-from anycast_agent.model import RouteAttrs, TargetState
+from anycast_agent.core.spec import RampMode, TargetKind
+from anycast_agent.core.traffic import Phase
+from anycast_agent.model import NeighborState, RouteAttrs, TargetState
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,7 +42,7 @@ OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.yaml"
 def target(name: str, state: TargetState = TargetState.HEALTHY, **kw: Any) -> TargetSnapshot:
     base: dict[str, Any] = {
         "name": name,
-        "kind": "http",
+        "kind": TargetKind.HTTP,
         "state": state,
         "last_ok": state is TargetState.HEALTHY,
         "last_reason": "" if state is TargetState.HEALTHY else "HTTP 500",
@@ -48,14 +60,14 @@ def target(name: str, state: TargetState = TargetState.HEALTHY, **kw: Any) -> Ta
 def make_snapshot(**overrides: Any) -> Snapshot:
     web_svc = ServiceSnapshot(
         name="web",
-        status="up",
+        phase=Phase.UP,
         reason="2/3 healthy",
         healthy=2,
         total=3,
         quorum=1,
         med=150,
         stage=100,
-        ramp_mode="neighbors",
+        ramp_mode=RampMode.NEIGHBORS,
         ramp_held=False,
         suppressed=False,
         penalty=0.0,
@@ -64,7 +76,7 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         transitions=4,
         targets=(
             target("edge1"),
-            target("edge2", kind="tcp"),
+            target("edge2", kind=TargetKind.TCP),
             target("edge3", TargetState.UNHEALTHY, last_latency_s=None),
         ),
         routes=(
@@ -77,7 +89,7 @@ def make_snapshot(**overrides: Any) -> Snapshot:
     dns_svc = replace(
         web_svc,
         name="dns",
-        status="down",
+        phase=Phase.DOWN,
         reason="0/2 healthy",
         healthy=0,
         total=2,
@@ -97,9 +109,12 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         "started_at": 1000.0,
         "ready": True,
         "channel_up": True,
-        "neighbors": {"198.51.100.1": "established", "198.51.100.3": "down"},
+        "neighbors": {
+            "198.51.100.1": NeighborState.ESTABLISHED,
+            "198.51.100.3": NeighborState.DOWN,
+        },
         "commands_sent": 12,
-        "commands_acked": {"done": 10, "error": 1, "timeout": 1},
+        "commands_acked": {AckResult.DONE: 10, AckResult.ERROR: 1, AckResult.TIMEOUT: 1},
         "starts": 2,
         "last_good_fallback": False,
         "state_unreadable": False,
@@ -112,11 +127,11 @@ def make_snapshot(**overrides: Any) -> Snapshot:
 
 @dataclass
 class FakeController:
-    """Records every intent call; `fail` makes the next calls raise (Conflict, UnknownService)."""
+    """Records every request as a call tuple; `fail` is the refusal it answers with."""
 
     snap: Snapshot = field(default_factory=make_snapshot)
     calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
-    fail: Exception | None = None
+    fail: Refusal | None = None  # the core's answer to every request (None: accepted)
     reload_errors: list[str] = field(default_factory=list)
     block: asyncio.Event | None = None  # every intent waits for it, when given
     called: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,31 +144,22 @@ class FakeController:
         self.called.set()
         if self.block is not None:
             await self.block.wait()
-        if self.fail is not None:
-            raise self.fail
 
-    async def drain(
-        self, service: str | None, *, reason: str, author: str, expires_in_s: float | None
-    ) -> None:
-        await self._record(
-            "drain", service, reason=reason, author=author, expires_in_s=expires_in_s
-        )
-
-    async def undrain(self, service: str | None, *, author: str) -> None:
-        await self._record("undrain", service, author=author)
-
-    async def set_med(
-        self, service: str, med: int, *, reason: str, author: str, expires_in_s: float | None
-    ) -> None:
-        await self._record(
-            "set_med", service, med, reason=reason, author=author, expires_in_s=expires_in_s
-        )
-
-    async def clear_med(self, service: str, *, author: str) -> None:
-        await self._record("clear_med", service, author=author)
-
-    async def ramp(self, service: str, action: RampAction, *, author: str) -> None:
-        await self._record("ramp", service, action, author=author)
+    async def submit(self, request: OperatorRequest) -> Refusal | None:
+        match request:
+            case DrainRequest(service=service, reason=reason, author=author):
+                kw = {"reason": reason, "author": author, "expires_in_s": request.expires_in_s}
+                await self._record("drain", service, **kw)
+            case UndrainRequest(service=service, author=author):
+                await self._record("undrain", service, author=author)
+            case SetMedRequest(service=service, med=med, reason=reason, author=author):
+                kw = {"reason": reason, "author": author, "expires_in_s": request.expires_in_s}
+                await self._record("set_med", service, med, **kw)
+            case ClearMedRequest(service=service, author=author):
+                await self._record("clear_med", service, author=author)
+            case RampRequest(service=service, action=action, author=author):
+                await self._record("ramp", service, action, author=author)
+        return self.fail
 
     async def reload(self) -> list[str]:
         await self._record("reload")

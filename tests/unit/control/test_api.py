@@ -9,9 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from anycast_agent.control.api import INTENTS, Body, Call, Intent, make_app
+from anycast_agent.control import api
+from anycast_agent.control.bodies import Body
+from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.intents import RampAction
-from anycast_agent.errors import Conflict, UnknownService
 from tests.unit.control.conftest import AUTH, TOKEN, FakeController, make_snapshot
 
 Client = TestClient[Any, Any]
@@ -160,19 +161,24 @@ async def test_reload_applied_and_refused(client: Client, controller: FakeContro
 
 
 @pytest.mark.parametrize(
-    ("exc", "status"),
-    [(Conflict("web is not ramping"), 409), (UnknownService("web"), 404)],
+    ("refusal", "status"),
+    [
+        (Refusal(RefusalKind.CONFLICT, "web is not ramping"), 409),
+        (Refusal(RefusalKind.UNKNOWN_SERVICE, "no service named 'web'"), 404),
+        (Refusal(RefusalKind.NOT_PERSISTED, "cannot persist the change: disk full"), 503),
+        (Refusal(RefusalKind.BUSY, "another operator change is being saved"), 503),
+    ],
 )
-async def test_controller_errors_map_to_statuses(
-    client: Client, controller: FakeController, exc: Exception, status: int
+async def test_core_refusals_map_to_statuses(
+    client: Client, controller: FakeController, refusal: Refusal, status: int
 ) -> None:
-    controller.fail = exc
+    controller.fail = refusal
     resp = await client.post("/v1/services/web/ramp", json={"action": "advance"}, headers=AUTH)
     assert resp.status == status
     body = await _json(resp)
-    assert body["error"] in {"conflict", "unknown service"}
-    if status == 409:
-        assert body["detail"] == "web is not ramping"
+    assert body["error"] == refusal.kind.value
+    if status != 404:
+        assert body["detail"] == refusal.message
 
 
 # --- refusals that never reach the controller -------------------------------------------------
@@ -433,12 +439,12 @@ async def test_metrics_route_serves_the_exposition(client: Client) -> None:
 async def test_a_new_intent_is_one_table_row() -> None:
     seen: list[tuple[str | None, str]] = []
 
-    async def ping(_: Any, call: Call[Body]) -> dict[str, Any]:
+    async def ping(_: Any, call: api.Call[Body]) -> dict[str, Any]:
         seen.append((call.service, call.author))
         return {"pong": True}
 
-    extra = Intent("ping", "POST", "/v1/services/{name}/ping", Body, ping)
-    app = make_app(FakeController(), TOKEN, intents=(*INTENTS, extra))
+    extra = api.Mutation("ping", "POST", "/v1/services/{name}/ping", Body, ping)
+    app = api.make_app(FakeController(), TOKEN, mutations=(*api.MUTATIONS, extra))
     async with TestClient(TestServer(app, port=0)) as client:
         assert (await client.post("/v1/services/web/ping")).status == 401
         assert (await client.post("/v1/services/nope/ping", headers=AUTH)).status == 404
@@ -449,4 +455,4 @@ async def test_a_new_intent_is_one_table_row() -> None:
 
 def test_an_empty_token_is_refused() -> None:
     with pytest.raises(ValueError, match="empty token"):
-        make_app(FakeController(), "")
+        api.make_app(FakeController(), "")

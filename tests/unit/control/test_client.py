@@ -17,8 +17,8 @@ import pytest
 from anycast_agent.client import add_client_commands, format_status, run_client
 from anycast_agent.control.api import status_json
 from anycast_agent.control.server import ControlServer
+from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.intents import RampAction
-from anycast_agent.errors import Conflict
 from tests.unit.control.conftest import TOKEN, FakeController, make_snapshot, target
 
 
@@ -149,7 +149,7 @@ async def test_refused_requests_exit_1_with_the_error(
     code, _, err = await run(["med", "web", "4294967296", "--reason", "x", *auth])
     assert code == 1
     assert "med: " in err and "(got 4294967296)" in err
-    controller.fail = Conflict("nothing to undrain")
+    controller.fail = Refusal(RefusalKind.CONFLICT, "nothing to undrain")
     code, _, err = await run(["undrain", "web", *auth])
     assert (code, "nothing to undrain" in err) == (1, True)
     controller.fail = None

@@ -10,7 +10,7 @@ import yaml
 from aiohttp.test_utils import TestClient
 
 from anycast_agent.control.api import make_app
-from anycast_agent.errors import Conflict
+from anycast_agent.core.commands import Refusal, RefusalKind
 from tests.unit.control.conftest import (
     AUTH,
     OPENAPI,
@@ -100,8 +100,20 @@ async def test_observed_statuses_are_documented(
             503,
         ),
         (FakeController(snap=make_snapshot(ready=False)), "GET", "/readyz", None, 503),
-        (FakeController(fail=Conflict("busy")), "POST", "/v1/services/web/undrain", None, 409),
-        (FakeController(fail=Conflict("busy")), "POST", "/v1/drain", {"reason": "x"}, 409),
+        (
+            FakeController(fail=Refusal(RefusalKind.CONFLICT, "busy")),
+            "POST",
+            "/v1/services/web/undrain",
+            None,
+            409,
+        ),
+        (
+            FakeController(fail=Refusal(RefusalKind.CONFLICT, "busy")),
+            "POST",
+            "/v1/drain",
+            {"reason": "x"},
+            409,
+        ),
         (FakeController(reload_errors=["bad"]), "POST", "/v1/reload", None, 422),
     ],
 )

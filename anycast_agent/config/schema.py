@@ -1,112 +1,29 @@
-"""The agent's configuration: YAML plus ANYCAST_AGENT_* overrides, validated once and frozen."""
+"""The config file's schema: every key, its type, its default and the cross-key checks."""
 
 from __future__ import annotations
 
-import enum
 import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from ipaddress import (
-    IPv4Address,
-    IPv4Network,
-    IPv6Address,
-    IPv6Network,
-    ip_address,
-    ip_network,
-)
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from anycast_agent.errors import ConfigError
+from anycast_agent.config.checks import Target
+from anycast_agent.config.types import (
+    ASN,
+    ENV_PREFIX,
+    Address,
+    Community,
+    Duration,
+    Med,
+    Name,
+    Network,
+    Strict,
+)
+from anycast_agent.core.spec import AddressMode, OnDown, RampMode
 from anycast_agent.model import MED_DRAIN, MED_MAX, Family
-
-ENV_PREFIX = "ANYCAST_AGENT_"
-
-_DURATION = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: object) -> float:
-    """`1s`, `800ms`, `2m` or a plain number of seconds → seconds (float, never negative)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 1s or 800ms, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m["num"]) * _UNIT_S[m["unit"]]
-    else:
-        raise ValueError(f"expected a duration like 1s or 800ms, got {value!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"duration must be a finite number ≥ 0, got {value!r}")
-    return seconds
-
-
-def _network(value: object) -> IPv4Network | IPv6Network:
-    if isinstance(value, IPv4Network | IPv6Network):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected a prefix like 192.0.2.10/32, got {value!r}")
-    try:
-        return ip_network(value, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"invalid prefix {value!r}: {exc}") from None
-
-
-def _address(value: object) -> IPv4Address | IPv6Address:
-    if isinstance(value, IPv4Address | IPv6Address):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected an IP address, got {value!r}")
-    try:
-        return ip_address(value)
-    except ValueError:
-        raise ValueError(f"invalid IP address {value!r}") from None
-
-
-def _community(value: object) -> str:
-    text = str(value)
-    m = re.fullmatch(r"(\d{1,5}):(\d{1,5})", text)
-    if not m or int(m[1]) > 65535 or int(m[2]) > 65535:
-        raise ValueError(f"invalid community {value!r}: expected ASN:VALUE, both 0-65535")
-    return f"{int(m[1])}:{int(m[2])}"
-
-
-Duration: TypeAlias = Annotated[float, BeforeValidator(parse_duration)]
-Network: TypeAlias = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
-Address: TypeAlias = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]
-Community: TypeAlias = Annotated[str, BeforeValidator(_community)]
-ASN: TypeAlias = Annotated[int, Field(ge=1, le=4294967294)]
-Med: TypeAlias = Annotated[int, Field(ge=0, le=MED_MAX)]
-Name: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OnDown(enum.StrEnum):
-    WITHDRAW = "withdraw"
-    DEPREFER = "deprefer"
-
-
-class AddressMode(enum.StrEnum):
-    OFF = "off"
-    CHECK = "check"
-    MANAGE = "manage"
 
 
 class Neighbor(Strict):
@@ -212,22 +129,6 @@ class Addresses(Strict):
     remove_on_withdraw: bool = False
 
 
-class Timing(Strict):
-    """Probe timing and state-machine thresholds; per target, falling back to `defaults`."""
-
-    interval: Duration | None = None
-    timeout: Duration | None = None
-    fall: Annotated[int, Field(ge=1, le=100)] | None = None
-    rise: Annotated[int, Field(ge=1, le=100)] | None = None
-
-
-class RampMode(enum.StrEnum):
-    AUTO = "auto"
-    NEIGHBORS = "neighbors"
-    PREFIXES = "prefixes"
-    PREPEND = "prepend"
-
-
 class Ramp(Strict):
     """Staged re-announcement after DOWN→UP, on undrain and on first start (DESIGN §3.4)."""
 
@@ -308,97 +209,6 @@ class Defaults(Strict):
     ramp: Ramp = Ramp()
 
 
-class HttpCheck(Strict):
-    url: str
-    method: Literal["GET", "HEAD"] = "GET"
-    expect_status: tuple[Annotated[int, Field(ge=100, le=599)], ...] = (200,)
-    body_regex: str | None = None
-    host: str | None = None
-    verify_tls: bool = True
-    server_name: str | None = None  # TLS SNI when it differs from the URL's host
-    load_header: str | None = None
-    load_json_field: str | None = None
-    # Reuse one connection per target (fresh one at least every 30 probes); default off, so a
-    # server that stops accepting connections fails its next check.
-    keepalive: bool = False
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {v!r}")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"invalid port in URL {v!r}") from None
-        if port == 0 or any(not c.isprintable() for c in v):
-            raise ValueError(f"invalid URL {v!r}")
-        return v
-
-    @field_validator("body_regex")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {v!r}: {exc}") from None
-        return v
-
-
-class TcpCheck(Strict):
-    host: str
-    port: Annotated[int, Field(ge=1, le=65535)]
-
-
-class ExecCheck(Strict):
-    argv: tuple[str, ...] = Field(min_length=1)
-
-
-class DnsCheck(Strict):
-    server: Address
-    port: Annotated[int, Field(ge=1, le=65535)] = 53
-    name: str
-    qtype: Literal["A", "AAAA", "TXT", "SOA", "NS", "CNAME"] = "A"
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        labels = v.rstrip(".").split(".")
-        ok = (
-            v.isascii()
-            and len(v.rstrip(".")) <= 253
-            and all(0 < len(label) <= 63 for label in labels)
-            and all(re.fullmatch(r"[A-Za-z0-9_-]+", label) for label in labels)
-        )
-        if not ok:
-            raise ValueError(f"invalid DNS name {v!r}")
-        return v
-
-
-class Target(Timing):
-    name: Name
-    http: HttpCheck | None = None
-    tcp: TcpCheck | None = None
-    exec: ExecCheck | None = None
-    dns: DnsCheck | None = None
-
-    @model_validator(mode="after")
-    def _one_check(self) -> Target:
-        kinds = [k for k in ("http", "tcp", "exec", "dns") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(
-                f"target {self.name!r} needs exactly one of http, tcp, exec, dns; "
-                f"got {kinds or 'none'}"
-            )
-        return self
-
-    @property
-    def check(self) -> HttpCheck | TcpCheck | ExecCheck | DnsCheck:
-        return next(c for c in (self.http, self.tcp, self.exec, self.dns) if c is not None)
-
-
 class Service(TrafficEngineering):
     name: Name
     prefixes: tuple[Network, ...] = Field(min_length=1)
@@ -454,7 +264,20 @@ class AgentConfig(BaseSettings):
     addresses: Addresses = Addresses()
     defaults: Defaults = Defaults()
     services: tuple[Service, ...] = ()
-    withdraw_on_exit: bool = False
+    # Deprecated (DESIGN §3.6): exit never withdraws. `false` is still accepted, because
+    # configs and last-good copies in the field carry it; `true` is refused.
+    withdraw_on_exit: bool | None = None
+
+    @field_validator("withdraw_on_exit")
+    @classmethod
+    def _no_withdraw_on_exit(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError(
+                "true is no longer supported: the agent never withdraws on exit (a respawn "
+                "would flap every route); drain first (`anycast-agent drain --all`), or use "
+                "the unit's drain-on-stop"
+            )
+        return v
 
     @classmethod
     def settings_customise_sources(
@@ -527,110 +350,15 @@ class AgentConfig(BaseSettings):
     def rise(self, t: Target) -> int:
         return t.rise if t.rise is not None else self.defaults.rise
 
-    def policy(self, s: Service) -> Policy:
-        """The service's traffic-engineering settings with `defaults` filled in."""
-        d = self.defaults
-        ramp = s.ramp or d.ramp
-        neighbors = self.neighbors_of(s)
-        mode = ramp.mode
-        if mode is RampMode.AUTO:
-            if len(neighbors) >= 2:
-                mode = RampMode.NEIGHBORS
-            elif len(s.prefixes) >= 2:
-                mode = RampMode.PREFIXES
-            else:
-                mode = RampMode.PREPEND
-        return Policy(
-            local_as=self.bgp.local_as,
-            med_hold_s=_pick(s.med_hold, d.med_hold),
-            min_update_interval_s=_pick(s.min_update_interval, d.min_update_interval),
-            capacity_penalty=_pick(s.capacity_penalty, d.capacity_penalty),
-            load_tiers=tuple((t.load, t.med) for t in _pick(s.load_tiers, d.load_tiers)),
-            drain_grace_s=_pick(s.drain_grace, d.drain_grace),
-            damping=s.damping or d.damping,
-            stages=ramp.stages,
-            stage_hold_s=ramp.stage_hold,
-            ramp_mode=mode,
+
+def frozen_keys_changed(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """Why `new` cannot replace `old` while running (empty: a reload may apply it)."""
+    return [
+        f"{key}: changed, but it cannot change while running ({why})"
+        for key, why in (
+            ("bgp", "ExaBGP's sessions come from it: render exabgp, drain, restart"),
+            ("state_dir", "restart the agent"),
+            ("control", "restart the agent"),
         )
-
-
-T = TypeVar("T")
-
-
-def _pick(value: T | None, default: T) -> T:
-    return default if value is None else value
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Resolved traffic-engineering settings of one service, as the core consumes them."""
-
-    local_as: int
-    med_hold_s: float
-    min_update_interval_s: float
-    capacity_penalty: int
-    load_tiers: tuple[tuple[float, int], ...]
-    drain_grace_s: float
-    damping: Damping
-    stages: tuple[int, ...]
-    stage_hold_s: float
-    ramp_mode: RampMode
-
-
-def _loc(loc: tuple[int | str, ...], data: Any) -> str:
-    """A key path like services[web].targets[edge1].timeout, naming list items by their name."""
-    out: list[str] = []
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            name = (
-                node[part].get("name")
-                if isinstance(node, list) and part < len(node) and isinstance(node[part], Mapping)
-                else None
-            )
-            out[-1:] = [f"{out[-1] if out else ''}[{name if name else part}]"]
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-        else:
-            out.append(str(part))
-            node = node.get(part) if isinstance(node, Mapping) else None
-    return ".".join(out) or "(top level)"
-
-
-def format_errors(exc: ValidationError, data: Any) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        path = _loc(loc, data)
-        msg = err["msg"].removeprefix("Value error, ")
-        if not loc:  # cross-field checks name their own key path
-            lines.append(msg)
-            continue
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        bad = err.get("input")
-        shown = "" if isinstance(bad, Mapping | list) or bad is None else f" (got {bad!r})"
-        if shown and repr(bad) in msg:
-            shown = ""
-        lines.append(f"{path}: {msg}{shown}")
-    return lines
-
-
-def load_config(path: Path | str) -> AgentConfig:
-    """Read, validate and freeze a config file; raise ConfigError listing every problem."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the config file: {exc.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            str(path), [f"the top level must be a mapping, got {type(data).__name__}"]
-        )
-    try:
-        return AgentConfig(**data)
-    except ValidationError as exc:
-        raise ConfigError(str(path), format_errors(exc, data)) from None
+        if getattr(new, key) != getattr(old, key)
+    ]

@@ -1,0 +1,103 @@
+"""Reading a config file: YAML in, a frozen AgentConfig out, or every problem by key path."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from anycast_agent.config.schema import AgentConfig, frozen_keys_changed
+from anycast_agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _loc(loc: tuple[int | str, ...], data: Any) -> str:
+    """A key path like services[web].targets[edge1].timeout, naming list items by their name."""
+    out: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            name = (
+                node[part].get("name")
+                if isinstance(node, list) and part < len(node) and isinstance(node[part], Mapping)
+                else None
+            )
+            out[-1:] = [f"{out[-1] if out else ''}[{name if name else part}]"]
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        else:
+            out.append(str(part))
+            node = node.get(part) if isinstance(node, Mapping) else None
+    return ".".join(out) or "(top level)"
+
+
+def format_errors(exc: ValidationError, data: Any) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = _loc(loc, data)
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # cross-field checks name their own key path
+            lines.append(msg)
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        bad = err.get("input")
+        shown = "" if isinstance(bad, Mapping | list) or bad is None else f" (got {bad!r})"
+        if shown and repr(bad) in msg:
+            shown = ""
+        lines.append(f"{path}: {msg}{shown}")
+    return lines
+
+
+def load_config(path: Path | str) -> AgentConfig:
+    """Read, validate and freeze a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the config file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            str(path), [f"the top level must be a mapping, got {type(data).__name__}"]
+        )
+    try:
+        config = AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), format_errors(exc, data)) from None
+    return config
+
+
+def deprecations(config: AgentConfig) -> list[str]:
+    """Keys that are accepted but do nothing any more, each with what to do instead."""
+    if config.withdraw_on_exit is not None:
+        return [
+            "withdraw_on_exit is deprecated and does nothing (exit never withdraws): "
+            "remove it; drain is the tool for taking a PoP out"
+        ]
+    return []
+
+
+def reloadable(path: Path, running: AgentConfig) -> AgentConfig | list[str]:
+    """The config at `path` if it may replace `running` while the agent runs; else every
+    reason it may not (logged), and nothing changes."""
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running config: %s", exc)
+        return exc.problems
+    for warning in deprecations(new):
+        log.warning("%s: %s", path, warning)
+    fixed = frozen_keys_changed(running, new)
+    if fixed:
+        log.error("reload refused, keeping the running config: %s", "; ".join(fixed))
+        return fixed
+    return new

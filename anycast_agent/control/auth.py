@@ -1,0 +1,60 @@
+"""Who may change routes: the bearer token check, and refusals as JSON errors."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from aiohttp import web
+
+REALM = "anycast-agent"
+
+
+class ApiError(Exception):
+    """A refused request, rendered as `{"error": ..., "detail": ...}` with its status."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: object = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status: int, error: str, detail: object = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+def authenticate(token: str | None, header: str) -> str:
+    """Check a mutating request's Authorization `header`; the caller's identity (the default
+    author) or ApiError 401."""
+    if token is None:
+        # No token file: config only allows this on loopback or a unix socket, where reaching
+        # the endpoint already means being on the router (socket mode 0660 for unix:).
+        return "local"
+    scheme, _, given = header.partition(" ")
+    if not header:
+        raise ApiError(
+            401,
+            "authorization required",
+            "send Authorization: Bearer <token>",
+            {"WWW-Authenticate": f'Bearer realm="{REALM}"'},
+        )
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
+    ):
+        raise ApiError(
+            401,
+            "invalid token",
+            None,
+            {"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'},
+        )
+    return "token"

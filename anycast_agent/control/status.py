@@ -1,0 +1,116 @@
+"""The status document (`GET /v1/status`, `anycast-agent status --json`) from a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from anycast_agent.core.intents import POP, Drain, MedOverride
+from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
+from anycast_agent.model import NeighborState, RouteAttrs
+
+JSON: TypeAlias = dict[str, Any]
+
+
+def _attrs(a: RouteAttrs | None) -> JSON | None:
+    if a is None:
+        return None
+    return {"med": a.med, "as_path": list(a.as_path), "communities": list(a.communities)}
+
+
+def _expiry_json(expires: float | None, wall_now: float) -> JSON:
+    return {
+        "expires": expires,
+        "expires_in_s": None if expires is None else round(max(0.0, expires - wall_now), 3),
+    }
+
+
+def _drain_json(d: Drain | None, wall_now: float) -> JSON | None:
+    if d is None:
+        return None
+    return {
+        "scope": "pop" if d.service == POP else "service",
+        "reason": d.reason,
+        "author": d.author,
+        "since": d.since,
+        **_expiry_json(d.expires, wall_now),
+    }
+
+
+def _override_json(m: MedOverride | None, wall_now: float) -> JSON | None:
+    if m is None:
+        return None
+    return {
+        "med": m.med,
+        "reason": m.reason,
+        "author": m.author,
+        "since": m.since,
+        **_expiry_json(m.expires, wall_now),
+    }
+
+
+def _target_json(t: TargetSnapshot) -> JSON:
+    return {
+        "name": t.name,
+        "kind": t.kind.value,
+        "state": t.state.value,
+        "last_ok": t.last_ok,
+        "last_reason": t.last_reason,
+        "last_latency_s": t.last_latency_s,
+        "load": t.load,
+        "probes_ok": t.probes_ok,
+        "probes_failed": t.probes_failed,
+        "skipped_slots": t.skipped_slots,
+        "transitions": t.transitions,
+    }
+
+
+def _route_json(r: RouteSnapshot, neighbors: Mapping[str, NeighborState]) -> JSON:
+    return {
+        "prefix": r.prefix,
+        "neighbor": r.neighbor,
+        "neighbor_state": neighbors[r.neighbor].value if r.neighbor in neighbors else "unknown",
+        "wanted": _attrs(r.wanted),
+        "accepted": _attrs(r.accepted),
+        "in_sync": r.wanted == r.accepted,
+    }
+
+
+def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
+    return {
+        "name": s.name,
+        "state": s.phase.value,
+        "reason": s.reason,
+        "healthy": s.healthy,
+        "total": s.total,
+        "quorum": s.quorum,
+        "med": s.med,
+        "stage": s.stage,
+        "ramp_mode": s.ramp_mode.value,
+        "ramp_held": s.ramp_held,
+        "suppressed": s.suppressed,
+        "damping_penalty": s.penalty,
+        "transitions": s.transitions,
+        "drain": _drain_json(s.drain, wall_now),
+        "med_override": _override_json(s.med_override, wall_now),
+        "targets": [_target_json(t) for t in s.targets],
+        "routes": [_route_json(r, snap.neighbors) for r in s.routes],
+    }
+
+
+def status_json(snap: Snapshot, wall_now: float) -> JSON:
+    """The whole snapshot as JSON: what `anycast-agent status` shows."""
+    return {
+        "pop": snap.pop,
+        "version": snap.version,
+        "started_at": snap.started_at,
+        "ready": snap.ready,
+        "channel_up": snap.channel_up,
+        "neighbors": [{"address": a, "state": s.value} for a, s in sorted(snap.neighbors.items())],
+        "commands_sent": snap.commands_sent,
+        "commands_acked": {k.value: n for k, n in sorted(snap.commands_acked.items())},
+        "starts": snap.starts,
+        "last_good_fallback": snap.last_good_fallback,
+        "state_unreadable": snap.state_unreadable,
+        "services": [_service_json(s, snap, wall_now) for s in snap.services],
+    }

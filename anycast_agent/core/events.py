@@ -1,0 +1,192 @@
+"""What happens to the PoP, as the core hears it: typed, frozen events, each stamped with time.
+
+The shell turns every input (a probe result, an ExaBGP message or ack, a netlink answer, an
+operator request, a reload, the clock) into one of these and hands it to `Pop.handle`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from anycast_agent.core.commands import RouteCommand
+from anycast_agent.core.intents import RampAction
+from anycast_agent.core.spec import PopSpec
+from anycast_agent.model import NeighborState, ProbeResult, RouteAttrs, RouteKey
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """When an event happened: `mono` orders and times everything; `wall` only stamps and
+    expires operator intents (they are persisted and outlive the process)."""
+
+    mono: float
+    wall: float
+
+
+class AckResult(enum.StrEnum):
+    DONE = "done"  # ExaBGP took the command into its RIB
+    ERROR = "error"  # ExaBGP refused it (or it could not be rendered)
+    TIMEOUT = "timeout"  # no answer in time: it may or may not have been applied
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """ExaBGP's truth at start: the sessions it reports and the routes it holds."""
+
+    at: Instant
+    neighbors: Mapping[str, NeighborState]
+    held: Mapping[RouteKey, RouteAttrs]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeObserved:
+    at: Instant
+    service: str
+    target: str
+    result: ProbeResult
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSkipped:
+    """A probe overran its interval: `slots` of its schedule were skipped."""
+
+    at: Instant
+    service: str
+    target: str
+    slots: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborChanged:
+    at: Instant
+    neighbor: str
+    state: NeighborState
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAcked:
+    """ExaBGP's answer to a route command the core asked for."""
+
+    at: Instant
+    command: RouteCommand
+    result: AckResult
+
+
+@dataclass(frozen=True, slots=True)
+class VipsListed:
+    """`addresses.mode: check`: the addresses on the interface (None: they could not be
+    listed, `error` says why)."""
+
+    at: Instant
+    present: frozenset[str] | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VipAdded:
+    """`addresses.mode: manage`: the answer to AddVip (`error` empty when the address is up)."""
+
+    at: Instant
+    prefix: str
+    error: str = ""
+
+
+# --- operator requests (each answered by exactly one Reply command) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    service: str | None  # None: the whole PoP
+    reason: str
+    author: str
+    expires_in_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UndrainRequest:
+    service: str | None
+    author: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetMedRequest:
+    service: str
+    med: int
+    reason: str
+    author: str
+    expires_in_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClearMedRequest:
+    service: str
+    author: str
+
+
+@dataclass(frozen=True, slots=True)
+class RampRequest:
+    service: str
+    action: RampAction
+    author: str
+
+
+OperatorRequest = DrainRequest | UndrainRequest | SetMedRequest | ClearMedRequest | RampRequest
+
+
+@dataclass(frozen=True, slots=True)
+class IntentSubmitted:
+    """An operator request; `ticket` pairs it with its Reply."""
+
+    at: Instant
+    ticket: int
+    request: OperatorRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """The answer to Persist: `error` empty when the intents are on disk."""
+
+    at: Instant
+    ticket: int | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSwapped:
+    """A reload validated a new config: apply it as a diff."""
+
+    at: Instant
+    spec: PopSpec = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    """ExaBGP's command channel is gone (stdin EOF)."""
+
+    at: Instant
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: take a decision step (services with news, timers due, the sweep)."""
+
+    at: Instant
+
+
+Event = (
+    Synced
+    | ProbeObserved
+    | ProbeSkipped
+    | NeighborChanged
+    | CommandAcked
+    | VipsListed
+    | VipAdded
+    | IntentSubmitted
+    | Persisted
+    | ConfigSwapped
+    | ChannelClosed
+    | Tick
+)

@@ -1,0 +1,100 @@
+"""Operator requests judged against the current intents: the new intents, or a typed refusal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import assert_never
+
+from anycast_agent.core.commands import Refusal, RefusalKind
+from anycast_agent.core.events import (
+    ClearMedRequest,
+    DrainRequest,
+    Instant,
+    OperatorRequest,
+    RampRequest,
+    SetMedRequest,
+    UndrainRequest,
+)
+from anycast_agent.core.intents import POP, Drain, Intents, MedOverride, RampAction
+from anycast_agent.core.spec import ServiceSpec
+from anycast_agent.core.traffic import Memory
+
+
+def change(
+    intents: Intents,
+    request: OperatorRequest,
+    at: Instant,
+    services: Mapping[str, ServiceSpec],
+    memory: Mapping[str, Memory],
+) -> Intents | Refusal:
+    """The intents after `request` (the same object's equal when nothing is to be written),
+    or why it cannot apply."""
+    i = intents
+    key = POP if request.service is None else request.service
+    if key != POP and key not in services:
+        return Refusal(RefusalKind.UNKNOWN_SERVICE, f"no service named {key!r} is configured")
+    what = "the PoP" if key == POP else repr(key)
+    expires = getattr(request, "expires_in_s", None)
+    until = None if expires is None else at.wall + expires
+    match request:
+        case DrainRequest(reason=reason, author=author):
+            existing = i.drains.get(key)
+            since = (
+                existing.since if existing is not None else at.wall
+            )  # a re-drain keeps its grace
+            return replace(i, drains={**i.drains, key: Drain(key, reason, author, since, until)})
+        case UndrainRequest():
+            if key not in i.drains:
+                return Refusal(RefusalKind.CONFLICT, f"{what} is not drained")
+            return replace(i, drains={k: d for k, d in i.drains.items() if k != key})
+        case SetMedRequest(med=med, reason=reason, author=author):
+            return replace(
+                i, meds={**i.meds, key: MedOverride(key, med, reason, author, at.wall, until)}
+            )
+        case ClearMedRequest():
+            if key not in i.meds:
+                return Refusal(RefusalKind.CONFLICT, f"service {key!r} has no MED override")
+            return replace(i, meds={k: m for k, m in i.meds.items() if k != key})
+        case RampRequest(action=action):
+            mem = memory.get(key, Memory())
+            last = len(services[key].policy.stages) - 1
+            match action:
+                case RampAction.HOLD:
+                    return replace(i, ramp_holds=i.ramp_holds | {key})
+                case RampAction.RESUME:
+                    return replace(i, ramp_holds=i.ramp_holds - {key})
+                case RampAction.ADVANCE if not mem.was_up or mem.stage >= last:
+                    return Refusal(RefusalKind.CONFLICT, f"service {key!r} is not ramping")
+                case RampAction.RESTART if not mem.was_up:
+                    return Refusal(RefusalKind.CONFLICT, f"service {key!r} is not announced")
+                case RampAction.ADVANCE | RampAction.RESTART:
+                    return i  # the stage lives in memory, not in the persisted intents
+                case _:
+                    assert_never(action)
+        case _:
+            assert_never(request)
+
+
+def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Memory]:
+    """The log line of an accepted request, and the service's memory after it (a ramp advance
+    or restart moves the stage; everything else lives in the intents)."""
+    scope = "PoP" if request.service is None else request.service
+    match request:
+        case DrainRequest(reason=reason, author=author):
+            return f"drain {scope} by {author}: {reason}", mem
+        case UndrainRequest(author=author):
+            return f"undrain {scope} by {author}", mem
+        case SetMedRequest(med=med, reason=reason, author=author):
+            return f"MED override {scope}={med} by {author}: {reason}", mem
+        case ClearMedRequest(author=author):
+            return f"MED override of {scope} cleared by {author}", mem
+        case RampRequest(service=name, action=action, author=author):
+            line = f"ramp {name} {action} by {author}"
+            if action is RampAction.ADVANCE:
+                return line, replace(mem, stage=mem.stage + 1, stage_since=at.mono)
+            if action is RampAction.RESTART:
+                return line, replace(mem, stage=0, stage_since=at.mono)
+            return line, mem
+        case _:
+            assert_never(request)

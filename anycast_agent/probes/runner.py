@@ -1,0 +1,110 @@
+"""One target's probe for its whole life: built from its check, run on its schedule, and
+guarded so that a probe bug fails its target instead of ending the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
+from anycast_agent.model import ProbeResult
+from anycast_agent.probes import ProbeFactory
+from anycast_agent.probes.base import CallbackProbe, Probe, is_callback_probe
+from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+
+log = logging.getLogger("anycast_agent")
+
+CHECKS = (HttpCheck, TcpCheck, ExecCheck, DnsCheck)
+
+
+async def probe_forever(
+    factory: ProbeFactory,
+    check: object,
+    *,
+    interval_s: float,
+    timeout_s: float,
+    label: str,
+    on_result: Callable[[ProbeResult], None],
+    on_skip: Callable[[int], None],
+) -> None:
+    """Probe `check` every `interval_s` until cancelled, reporting each result."""
+    try:
+        if not isinstance(check, CHECKS):
+            raise TypeError(f"not a check: {check!r}")
+        built: Probe = factory.build(check, timeout_s)
+    except Exception as exc:  # a check the config let through but no probe can run
+        log.exception("target %s cannot be probed: it counts as failing", label)
+        built = _Broken(f"cannot probe: {exc}")
+    # A random phase spreads the targets over the interval: no thundering herd at each second.
+    phase_s = random.uniform(0, interval_s * 0.999)
+    try:
+        if is_callback_probe(built):  # driven by the engine's timers: nothing per check
+            await run_callback_schedule(
+                factory.engine,
+                _GuardedCallback(built, label),
+                interval_s,
+                on_result,
+                on_skip=on_skip,
+                phase_s=phase_s,
+            )
+        else:
+            await run_schedule(
+                _Guarded(built, label), interval_s, on_result, on_skip=on_skip, phase_s=phase_s
+            )
+    finally:
+        factory.release(built)
+
+
+class _Guarded:
+    """A probe bug fails its target instead of ending the agent (and, through ExaBGP's respawn
+    limit, withdrawing the whole PoP). Logged with its traceback once per target."""
+
+    def __init__(self, probe: Probe, label: str) -> None:
+        self.probe = probe
+        self.label = label
+        self.logged = False
+
+    async def check(self) -> ProbeResult:
+        try:
+            return await self.probe.check()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._error(exc)
+
+    def _error(self, exc: Exception) -> ProbeResult:
+        if not self.logged:
+            log.error("probe of %s failed unexpectedly", self.label, exc_info=exc)
+            self.logged = True
+        return ProbeResult(ok=False, latency_s=0.0, reason=f"probe error: {exc!r}")
+
+
+class _GuardedCallback(_Guarded):
+    """_Guarded for a CallbackProbe: a `start` that raises fails this check, not the schedule."""
+
+    probe: CallbackProbe
+
+    def __init__(self, probe: CallbackProbe, label: str) -> None:
+        super().__init__(probe, label)
+        self.probe = probe
+
+    def start(self, done: Callable[[ProbeResult], None]) -> None:
+        # If `start` reported before raising, the schedule ignores this second report.
+        try:
+            self.probe.start(done)
+        except Exception as exc:
+            self.probe.abort()
+            done(self._error(exc))
+
+    def abort(self) -> None:
+        self.probe.abort()
+
+
+class _Broken:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def check(self) -> ProbeResult:
+        return ProbeResult(ok=False, latency_s=0.0, reason=self.reason)

@@ -1,0 +1,369 @@
+"""Transcripts of traffic engineering through the PoP core: MED holds, ramps, drain, damping,
+adoption. Targets move by real probe results; routes are what the acked commands left."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from anycast_agent.config import AgentConfig
+from anycast_agent.core.events import DrainRequest, SetMedRequest, UndrainRequest
+from anycast_agent.core.intents import POP, Drain, Intents
+from anycast_agent.core.traffic import Phase
+from anycast_agent.model import MED_DRAIN, RouteAttrs, RouteKey
+from tests.unit.core.playbook import WALL0, Playbook
+
+N4 = ["198.51.100.1", "198.51.100.5", "198.51.100.9", "198.51.100.13"]
+
+
+def config(neighbors: int = 4, prefixes: int = 1, targets: int = 4, **service: Any) -> AgentConfig:
+    return AgentConfig(
+        pop="t",
+        state_dir="/nonexistent",
+        bgp={
+            "local_as": 65001,
+            "router_id": "198.51.100.2",
+            "neighbors": [
+                {"address": a, "local_address": "198.51.100.2", "peer_as": 65000}
+                for a in N4[:neighbors]
+            ],
+        },
+        defaults={"med_hold": 30, "min_update_interval": 10, "drain_grace": 30},
+        services=[
+            {
+                "name": "web",
+                "prefixes": [f"192.0.2.{10 + i}/32" for i in range(prefixes)],
+                "med": 100,
+                "targets": [
+                    {"name": f"e{i}", "tcp": {"host": "203.0.113.11", "port": 80}}
+                    for i in range(targets)
+                ],
+                **service,
+            }
+        ],
+    )
+
+
+def no_ramp(**kw: Any) -> AgentConfig:
+    return config(ramp={"stages": [100]}, **kw)
+
+
+def started(cfg: AgentConfig, **kw: Any) -> Playbook:
+    pb = Playbook(cfg, **kw)
+    pb.sync()
+    return pb
+
+
+def neighbors_announced(pb: Playbook) -> list[str]:
+    return sorted(k.neighbor for k in pb.routes())
+
+
+def test_med_rises_with_lost_capacity_only_after_med_hold() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    assert pb.meds() == {100}
+    pb.health(1, "hhhx")
+    assert pb.meds() == {100} and pb.pop.next_deadline() == pytest.approx(1.25)
+    assert pb.pop.outcomes["web"].wake_at == 31  # 350 pending for med_hold
+    assert "MED 350 pending" in pb.service().reason
+    pb.health(30.9, "hhhx")
+    assert pb.meds() == {100}
+    pb.health(31, "hhhx")
+    assert pb.meds() == {350}
+    pb.health(40, "hhxx")
+    pb.health(69.9, "hhxx")
+    assert pb.meds() == {350}
+    pb.health(70, "hhxx")
+    assert pb.meds() == {600}
+    pb.health(80, "hhhh")
+    pb.health(110, "hhhh")
+    assert pb.meds() == {100}
+
+
+def test_recovering_targets_count_as_lost_capacity() -> None:
+    # The copy of the shell's glue in the old test counted only unhealthy targets as lost.
+    pb = started(no_ramp(med_hold=0, min_update_interval=0))
+    pb.health(0, "hhhh")
+    pb.health(1, "hhhx")
+    assert pb.meds() == {350}
+    pb.health(2, "hhhr")
+    assert pb.meds() == {350}  # recovering carries no traffic yet
+    pb.health(3, "hhhh")
+    assert pb.meds() == {100}
+
+
+def test_flapping_tier_never_sent() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    for t in range(1, 60, 2):  # 350 never holds for 30 s
+        pb.health(t, "hhhx")
+        pb.health(t + 1, "hhhh")
+        assert pb.meds() == {100}
+
+
+def test_load_tiers() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh", load=0.9)
+    assert pb.meds() == {400}  # the first announce takes the MED at once
+    pb.health(1, "hhhh", load=0.96)
+    pb.health(31, "hhhh", load=0.96)
+    assert pb.meds() == {1100}
+    pb.health(32, "hhhh", load=0.1)
+    pb.health(61.9, "hhhh", load=0.1)
+    assert pb.meds() == {1100}
+    pb.health(62, "hhhh", load=0.1)
+    assert pb.meds() == {100}
+
+
+def test_min_update_interval_spaces_changes() -> None:
+    pb = started(no_ramp(med_hold=0, min_update_interval=10))
+    pb.health(0, "hhhh")
+    pb.health(1, "hhhx")
+    assert pb.meds() == {100}  # last change at 0: wait until 10
+    pb.health(10, "hhhx")
+    assert pb.meds() == {350}
+    pb.health(11, "hhxx")
+    assert pb.meds() == {350}
+    pb.health(20, "hhxx")
+    assert pb.meds() == {600}
+
+
+def test_override_wins_at_once() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    assert pb.request(1, SetMedRequest("web", 5000, "test", "op")).refusal is None
+    pb.tick(1)
+    assert pb.meds() == {5000} and "set by op" in pb.service().reason
+
+
+def test_ramp_neighbors_1_2_4() -> None:
+    pb = started(config(ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    counts = []
+    for t in (0, 59, 60, 119, 120, 500):
+        pb.health(t, "hhhh")
+        counts.append((pb.service().stage, neighbors_announced(pb)))
+    assert counts == [
+        (25, N4[:1]),
+        (25, N4[:1]),
+        (50, N4[:2]),
+        (50, N4[:2]),
+        (100, sorted(N4)),
+        (100, sorted(N4)),
+    ]
+
+
+def test_ramp_prefixes() -> None:
+    pb = started(config(neighbors=1, prefixes=4, ramp={"stages": [25, 50, 100], "stage_hold": 5}))
+    sizes = []
+    for t in (0, 5, 10):
+        pb.health(t, "hhhh")
+        sizes.append(len(pb.routes()))
+    assert sizes == [1, 2, 4]
+    assert pb.service().ramp_mode == "prefixes"
+
+
+def test_ramp_prepend_paths_4_2_1_and_gshut_until_100() -> None:
+    pb = started(config(neighbors=1, ramp={"stages": [25, 50, 100], "stage_hold": 5}))
+    seen = []
+    for t in (0, 5, 10):
+        pb.health(t, "hhhh")
+        [attrs] = pb.routes().values()
+        seen.append((len(attrs.as_path) or 1, "65535:0" in attrs.communities))
+    assert seen == [(4, True), (2, True), (1, False)]
+    assert pb.service().ramp_mode == "prepend"
+
+
+def test_down_mid_ramp_withdraws_everything_and_restarts() -> None:
+    pb = started(config(ramp={"stages": [25, 50, 100], "stage_hold": 5}, targets=1))
+    pb.health(0, "h")
+    pb.health(5, "h")
+    assert pb.service().stage == 50 and len(pb.routes()) == 2
+    pb.health(6, "x")
+    assert pb.service().phase is Phase.DOWN and pb.routes() == {}
+    pb.health(7, "h")
+    assert pb.service().stage == 25
+
+
+def test_drain_deprefers_then_withdraws_then_ramps_on_undrain() -> None:
+    pb = started(config(ramp={"stages": [25, 50, 100], "stage_hold": 5}))
+    for t in (0, 5, 10):
+        pb.health(t, "hhhh")
+    assert pb.service().stage == 100
+    assert pb.request(11, DrainRequest(None, "maintenance", "op")).refusal is None
+    pb.tick(11)
+    assert pb.service().phase is Phase.DRAINING and len(pb.routes()) == 4
+    [attrs] = set(pb.routes().values())
+    assert attrs == RouteAttrs(MED_DRAIN, (65001,) * 4, ("65535:0",))
+    assert pb.pop.outcomes["web"].wake_at == 41
+    pb.tick(41)
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+    assert pb.request(42, UndrainRequest(None, "op")).refusal is None
+    pb.tick(42)
+    assert pb.service().phase is Phase.RAMPING and pb.service().stage == 25
+
+
+def test_drain_of_a_down_service_withdraws_at_once() -> None:
+    pb = started(no_ramp(targets=1))
+    pb.health(0, "h")
+    pb.health(1, "x")
+    pb.request(2, DrainRequest("web", "r", "op"))
+    pb.tick(2)
+    assert pb.service().phase is Phase.DRAINED
+
+
+def test_damping_suppresses_after_flaps_and_reuses_after_decay() -> None:
+    cfg = no_ramp(
+        targets=1, damping={"penalty": 1000, "half_life": 10, "suppress": 2500, "reuse": 1000}
+    )
+    pb = started(cfg)
+    phases = []
+    for t, s in [(0, "h"), (1, "x"), (2, "h"), (3, "x"), (4, "h")]:
+        pb.health(t, s)
+        phases.append(pb.service().phase.value)
+    assert phases == ["up", "down", "up", "suppressed", "suppressed"]
+    pb.health(5, "h")
+    assert pb.service().phase is Phase.SUPPRESSED and pb.service().penalty > 2500
+    assert pb.routes() == {}
+    reuse_at = pb.pop.outcomes["web"].wake_at
+    assert reuse_at is not None
+    pb.tick(reuse_at - 0.5)
+    assert pb.service().phase is Phase.SUPPRESSED
+    pb.tick(reuse_at + 0.01)
+    assert pb.service().phase is Phase.UP and pb.routes()
+
+
+def test_unknown_has_no_opinion() -> None:
+    held = {RouteKey(n, "192.0.2.10/32"): RouteAttrs(100) for n in N4}
+    pb = Playbook(no_ramp())
+    pb.sync(held=held)
+    pb.tick(0.5)
+    assert pb.service().phase is Phase.UNKNOWN and pb.routes() == held
+
+
+def test_deprefer_on_down() -> None:
+    pb = started(no_ramp(targets=1, on_down="deprefer", med_down=9000))
+    pb.health(0, "h")
+    pb.health(1, "x")
+    assert pb.service().phase is Phase.DOWN and pb.meds() == {9000}
+
+
+@pytest.mark.parametrize(("held_neighbors", "stage"), [(N4[:1], 25), (N4[:2], 50), (N4, 100)])
+def test_respawn_adopts_the_neighbors_stage_and_sends_nothing(
+    held_neighbors: list[str], stage: int
+) -> None:
+    held = {RouteKey(n, "192.0.2.10/32"): RouteAttrs(med=100) for n in held_neighbors}
+    pb = Playbook(config(ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    pb.sync(held=held)
+    out = pb.health(1, "hhhh")
+    assert pb.service().stage == stage
+    assert [c for c in out if hasattr(c, "key")] == []  # the respawn sends ExaBGP nothing
+    assert "adopted: web" in pb.logs()[0]
+
+
+def test_respawn_keeps_the_prepend_stage_and_a_worse_med_until_the_hold() -> None:
+    attrs = RouteAttrs(med=350, as_path=(65001, 65001), communities=("65535:0",))
+    held = {RouteKey(N4[0], "192.0.2.10/32"): attrs}
+    pb = Playbook(config(neighbors=1, ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    pb.sync(held=held)
+    pb.health(1, "hhhh")
+    assert pb.service().stage == 50 and pb.routes() == held  # 100 is pending, not sent
+    pb.health(31, "hhhh")
+    assert pb.meds() == {100}
+
+
+def test_first_start_with_nothing_held_ramps_from_the_first_stage() -> None:
+    pb = started(config(ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    pb.health(0, "hhhh")
+    assert pb.service().stage == 25
+
+
+def dual_config(**service: Any) -> AgentConfig:
+    """An IPv6 session listed first, and an IPv4-only service (review finding: families)."""
+    return AgentConfig(
+        pop="t",
+        state_dir="/nonexistent",
+        bgp={
+            "local_as": 65001,
+            "router_id": "198.51.100.2",
+            "neighbors": [
+                {
+                    "address": "2001:db8:100::1",
+                    "local_address": "2001:db8:100::2",
+                    "peer_as": 65000,
+                },
+                {"address": "198.51.100.1", "local_address": "198.51.100.2", "peer_as": 65000},
+            ],
+        },
+        services=[
+            {
+                "name": "web",
+                "prefixes": ["192.0.2.10/32"],
+                "targets": [{"name": "e0", "tcp": {"host": "203.0.113.11", "port": 80}}],
+                "ramp": {"stages": [25, 50, 100], "stage_hold": 5},
+                **service,
+            }
+        ],
+    )
+
+
+def test_neighbors_ramp_counts_only_neighbors_of_the_prefix_family() -> None:
+    pb = started(dual_config())
+    assert pb.service().ramp_mode == "neighbors"
+    pb.health(0, "h")
+    assert neighbors_announced(pb) == ["198.51.100.1"]
+
+
+def test_respawn_at_full_with_a_family_mismatch_withdraws_nothing() -> None:
+    held = {RouteKey("198.51.100.1", "192.0.2.10/32"): RouteAttrs(med=100)}
+    pb = Playbook(dual_config())
+    pb.sync(held=held)
+    pb.health(1, "h")
+    assert pb.routes() == held and not [c for c in pb.log if hasattr(c, "key")]
+
+
+def test_adopt_takes_the_furthest_stage_matching_what_is_held() -> None:
+    held = {RouteKey(N4[0], "192.0.2.10/32"): RouteAttrs(med=100)}
+    pb = Playbook(config(neighbors=2, ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    pb.sync(held=held)
+    pb.health(1, "hhhh")
+    assert pb.service().stage == 50  # 25% and 50% of two neighbors are both one: go on at 50%
+
+
+def test_routes_held_depreferred_are_not_an_up_service() -> None:
+    held = {RouteKey(n, "192.0.2.10/32"): RouteAttrs(med=5000) for n in N4}
+    pb = Playbook(no_ramp(targets=1, on_down="deprefer", med_down=5000))
+    pb.sync(held=held)
+    pb.health(1, "h")
+    assert pb.meds() == {100}  # recovered: the base MED at once, no hold
+
+
+def test_service_drain_added_after_a_pop_drain_re_announces_nothing() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    pb.request(0, DrainRequest(None, "maintenance", "op"))
+    pb.tick(1)
+    assert pb.service().phase is Phase.DRAINING
+    pb.tick(31)
+    assert pb.service().phase is Phase.DRAINED
+    pb.request(40, DrainRequest("web", "also", "op"))
+    pb.tick(41)
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+
+
+def test_drain_during_a_ramp_only_deprefers_what_is_announced() -> None:
+    pb = started(config(ramp={"stages": [25, 50, 100], "stage_hold": 60}))
+    pb.health(0, "hhhh")
+    assert len(pb.routes()) == 1
+    pb.request(1, DrainRequest("web", "r", "op"))
+    pb.tick(1)
+    assert pb.service().phase is Phase.DRAINING and pb.meds() == {MED_DRAIN}
+    assert len(pb.routes()) == 1
+
+
+def test_persisted_drain_at_start_never_announces() -> None:
+    drain = Drain(POP, "maintenance", "op", since=WALL0 - 3600)
+    pb = started(no_ramp(), intents=Intents(drains={POP: drain}))
+    pb.health(0, "hhhh")
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+    assert not [c for c in pb.log if hasattr(c, "key")]
