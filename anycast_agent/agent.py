@@ -23,7 +23,6 @@ from anycast_agent.config import AgentConfig, pop_spec, reloadable
 from anycast_agent.control.server import ControlServer
 from anycast_agent.core import commands as c
 from anycast_agent.core import events as e
-from anycast_agent.core.intents import Intents
 from anycast_agent.core.pop import TICK_S, Pop
 from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec
@@ -65,7 +64,7 @@ class Agent:
         self.store = Store(config.state_dir)
         self.addresses = Addresses(config.addresses.interface)
         self.notifier = Notifier.from_env(os.environ)
-        self.notifier.allow_periods(self._slowest_s())
+        self.notifier.allow_periods(self.config.slowest_probe_s() + TICK_S)
         self.control: ControlServer | None = None
         self.pop = Pop(pop_spec(config), About(__version__, wall(), 0), self.now())
         self._wake = asyncio.Event()
@@ -77,12 +76,6 @@ class Agent:
 
     def now(self) -> e.Instant:
         return e.Instant(self.clock(), self.wall())
-
-    def _slowest_s(self) -> float:
-        """The longest probe period plus its timeout, and a tick: the watchdog's patience."""
-        cfg = self.config
-        periods = [cfg.interval_s(t) + cfg.timeout_s(t) for s in cfg.services for t in s.targets]
-        return max(periods, default=0.0) + TICK_S
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -113,8 +106,7 @@ class Agent:
                 tasks.append(tg.create_task(self._decide_forever(), name="decide"))
                 watchdog = self.notifier.watchdog_loop(lambda: self.pop.last_progress)
                 tasks.append(tg.create_task(watchdog, name="watchdog"))
-                if self.config.addresses.mode is AddressMode.CHECK:
-                    tasks.append(tg.create_task(self._vips_forever(), name="vips"))
+                tasks.append(tg.create_task(self._vips_forever(), name="vips"))
             else:
                 code = EXIT_NO_ACKS
                 stop.set()
@@ -179,9 +171,10 @@ class Agent:
             await self._handle(e.Tick(self.now()))
 
     async def _vips_forever(self) -> None:
-        while True:
+        while True:  # the mode may change with a reload
             await asyncio.sleep(TICK_S)
-            await self._list_vips()
+            if self.config.addresses.mode is AddressMode.CHECK:
+                await self._list_vips()
 
     async def _list_vips(self) -> None:
         try:
@@ -215,7 +208,8 @@ class Agent:
                     if task is not None:
                         task.cancel()
                 case c.Persist(ticket=ticket, intents=intents):
-                    await self._handle(e.Persisted(self.now(), ticket, self._persist(intents)))
+                    error = "" if self.dry_run else self.store.save_or_error(intents)
+                    await self._handle(e.Persisted(self.now(), ticket, error))
                 case c.Reply(ticket=ticket, refusal=refusal):
                     self._replies[ticket] = refusal
                 case c.Ready():
@@ -232,22 +226,13 @@ class Agent:
             log.error("%s", exc)
             await self._handle(e.CommandAcked(self.now(), command, e.AckResult.ERROR))
             return
-        log.info("%s: %s", line.split(" ", 2)[2], command.cause)
+        log.info("%s: %s", c.describe(command), command.cause)
         try:
             result = _ACKS.get(await self.speaker.send(line), e.AckResult.ERROR)
         except SpeakerError as exc:
             log.error("%s", exc)
             result = e.AckResult.TIMEOUT
         await self._handle(e.CommandAcked(self.now(), command, result))
-
-    def _persist(self, intents: Intents) -> str:
-        if self.dry_run:
-            return ""
-        try:
-            self.store.save(intents)
-        except OSError as exc:
-            return f"{self.store.path}: {exc.strerror or exc}"
-        return ""
 
     def _start_probe(self, service: str, target: TargetSpec) -> None:
         assert self._tg is not None and self._factory is not None
@@ -302,7 +287,7 @@ class Agent:
         await self._handle(e.ConfigSwapped(self.now(), pop_spec(new)))
         if not self.dry_run:
             save_last_good(new.state_dir, self.config_text)
-        self.notifier.allow_periods(self._slowest_s())
+        self.notifier.allow_periods(self.config.slowest_probe_s() + TICK_S)
         log.info("reloaded %s: %d services", self.config_path, len(new.services))
         # Once the probes of removed targets have ended, so they are collected, not frozen.
         asyncio.get_running_loop().call_later(SETTLE_AFTER_RELOAD_S, settle_heap)

@@ -119,6 +119,14 @@ class Store:
             atomic_write(self.previous, current)
         atomic_write(self.path, encode(intents))
 
+    def save_or_error(self, intents: Intents) -> str:
+        """`save`, answering "" when the intents are on disk, else why not."""
+        try:
+            self.save(intents)
+        except OSError as exc:
+            return f"{self.path}: {exc.strerror or exc}"
+        return ""
+
     def load_or_drain(self) -> tuple[Intents, bool]:
         """The persisted intents, logged; (no intents, True) when no copy can be read: the
         core then starts with the whole PoP drained ("state unreadable")."""

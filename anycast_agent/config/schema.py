@@ -338,6 +338,11 @@ class AgentConfig(BaseSettings):
         wanted = set(service.neighbors)
         return tuple(n for n in self.bgp.neighbors if n.address in wanted)
 
+    def slowest_probe_s(self) -> float:
+        """The longest probe interval plus its timeout (0 without targets)."""
+        periods = [self.interval_s(t) + self.timeout_s(t) for s in self.services for t in s.targets]
+        return max(periods, default=0.0)
+
     def interval_s(self, t: Target) -> float:
         return t.interval if t.interval is not None else self.defaults.interval
 

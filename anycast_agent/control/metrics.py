@@ -76,7 +76,7 @@ class SnapshotCollector(Collector):
                 snap.state_unreadable,
             ),
             ("exabgp_channel_up", "1 while the ExaBGP API channel answers.", snap.channel_up),
-            ("ready", "1 once the first full evaluation ran with the channel up.", snap.ready),
+            ("ready", "1 once every service has been decided since the start.", snap.ready),
         ):
             g = _g(name, doc)
             g.add_metric([], 1.0 if value else 0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import assert_never
 
 from anycast_agent.core.intents import Intents
 from anycast_agent.core.spec import TargetSpec
@@ -28,6 +29,20 @@ class Withdraw:
 
 
 RouteCommand = Announce | Withdraw
+
+
+def describe(command: RouteCommand) -> str:
+    """The command as the log shows it: `announce P med M [as-path] [community] to N`."""
+    match command:
+        case Announce(key=key, attrs=a):
+            detail = f" med {a.med}" + (f" as-path {list(a.as_path)}" if a.as_path else "")
+            if a.communities:
+                detail += f" community {list(a.communities)}"
+            return f"announce {key.prefix}{detail} to {key.neighbor}"
+        case Withdraw(key=key):
+            return f"withdraw {key.prefix} to {key.neighbor}"
+        case _:
+            assert_never(command)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from anycast_agent.core.commands import (
     RouteCommand,
     StartProbe,
     Withdraw,
+    describe,
     error,
     info,
     warn,
@@ -246,7 +247,7 @@ class Pop:
                 self.rib.accepted(command)
             case AckResult.ERROR:
                 self.rib.refused(command, now + REFUSED_RETRY_S)
-                return [error(f"ExaBGP refused {_describe(command)}")]
+                return [error(f"ExaBGP refused {describe(command)}")]
             case AckResult.TIMEOUT:
                 self.rib.unanswered(command, now + REFUSED_RETRY_S)
                 return []
@@ -444,13 +445,3 @@ class Pop:
         }
         self.vips.mode = spec.addresses
         self.vips.withheld = self.vips.missing(spec)
-
-
-def _describe(command: RouteCommand) -> str:
-    match command:
-        case Announce(key=key, attrs=attrs):
-            return f"announce {key.prefix} med {attrs.med} to {key.neighbor}"
-        case Withdraw(key=key):
-            return f"withdraw {key.prefix} to {key.neighbor}"
-        case _:
-            assert_never(command)

@@ -1,12 +1,9 @@
 """A lean HTTP/1.1 client for health checks: one exchange at a time on a raw non-blocking socket.
 
-Health checks ask little of HTTP (a status line, sometimes a header or the head of a body), so
-this client skips what a general client pays for per request: no pool, no resolver (the address
-is an IP literal), no transport or protocol objects, no cookie or redirect machinery, no header
-objects unless a header is wanted, and no task, future or coroutine: it drives the socket from
-readiness callbacks of the probe engine (`engine.Engine`).
-Profiled at 1,000 targets, aiohttp's request machinery was about half the agent's CPU
-(docs/performance.md).
+Health checks ask little of HTTP, so this client skips what a general client pays for per
+request: no pool, no resolver (an IP literal), no transport, cookie or redirect machinery, no
+header objects unless one is wanted, no task, future or coroutine: the probe engine's readiness
+callbacks drive the socket. At 1,000 targets aiohttp's machinery was half the agent's CPU.
 
 `Connection` holds at most one socket. With `keepalive` off it opens a fresh connection for
 every exchange and asks the server to close it. With `keepalive` on it reuses the connection

@@ -173,3 +173,28 @@ def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "invalid configuration" in err and "192.0.2.300/32" in err
+
+
+def test_withdraw_on_exit_false_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Configs and last-good copies in the field carry it: refusing it would make a respawned
+    # agent exit on its own last-good config.
+    path = write(tmp_path, {**GOOD, "withdraw_on_exit": False})
+    assert main(["check-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "ok (pop ams1" in captured.out
+    assert "warning: withdraw_on_exit is deprecated and does nothing" in captured.err
+
+
+def test_withdraw_on_exit_true_is_refused_with_a_pointer_to_drain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, {**GOOD, "withdraw_on_exit": True})
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    [problem] = raised.value.problems
+    assert problem.startswith("withdraw_on_exit: true is no longer supported")
+    assert "anycast-agent drain --all" in problem
+    assert main(["check-config", str(path)]) == 2
+    assert "withdraw_on_exit" in capsys.readouterr().err

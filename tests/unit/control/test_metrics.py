@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from anycast_agent.control import metrics
 from anycast_agent.core.snapshot import Snapshot
+from anycast_agent.core.traffic import Phase
 from tests.unit.control.conftest import make_snapshot
 from tests.unit.control.test_ops_docs import documented_metrics, exported_names
 
@@ -118,3 +122,22 @@ def test_the_registry_is_private_and_read_at_scrape_time() -> None:
 
 def test_every_exported_name_is_documented() -> None:
     assert exported_names() == documented_metrics()
+
+
+@pytest.mark.parametrize(
+    ("phase", "up"),
+    [
+        (Phase.UP, 1),
+        (Phase.RAMPING, 1),  # read 0 before the PoP core issue: the metric compared with "up"
+        (Phase.UNKNOWN, 0),
+        (Phase.DOWN, 0),
+        (Phase.SUPPRESSED, 0),
+        (Phase.DRAINING, 0),
+        (Phase.DRAINED, 0),
+    ],
+)
+def test_service_up_means_healthy_and_announced(phase: Phase, up: int) -> None:
+    snap = make_snapshot()
+    web = replace(snap.services[0], phase=phase)
+    s = scrape(replace(snap, services=(web, *snap.services[1:])))
+    assert value(s, "anycast_agent_service_up", service="web") == up

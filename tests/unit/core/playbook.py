@@ -1,13 +1,13 @@
 """Drives the PoP core as the Agent does, with a fake clock: events in, commands out.
 
 Every route command is answered by ExaBGP's `done` unless the test answers it itself
-(`auto_ack=None`), every Persist succeeds unless `persist_error` is set, every AddVip
-succeeds; what the test reads is what the core commanded and what it reports.
+(`auto_ack=None`), every Persist and AddVip succeeds unless `persist_error` or `vip_error`
+says why not; what the test reads is what the core commanded and what it reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from anycast_agent.config import AgentConfig, pop_spec
@@ -61,6 +61,7 @@ class Playbook:
         )
         self.auto_ack: AckResult | None = AckResult.DONE
         self.persist_error = ""
+        self.vip_error = ""
         self.log: list[Command] = []  # every command, in order
         self.unanswered: list[RouteCommand] = []  # route commands waiting for a manual ack
         self.tickets = 0
@@ -86,7 +87,7 @@ class Playbook:
                 case Persist(ticket=ticket):
                     extra += self.send(Persisted(event.at, ticket, self.persist_error))
                 case AddVip(prefix=prefix):
-                    extra += self.send(VipAdded(event.at, prefix))
+                    extra += self.send(VipAdded(event.at, prefix, self.vip_error))
         return out + extra
 
     def sync(
@@ -172,3 +173,23 @@ class Playbook:
 
 def routes_of(commands: list[Command]) -> list[RouteCommand]:
     return [c for c in commands if isinstance(c, Announce | Withdraw)]
+
+
+def pop_config(neighbors: Sequence[str], services: list[dict[str, Any]], **top: Any) -> AgentConfig:
+    """A config of the given sessions (IPv4 or IPv6 by address) and services."""
+
+    def local(address: str) -> str:
+        return "2001:db8:100::2" if ":" in address else "198.51.100.2"
+
+    bgp = {
+        "local_as": 65001,
+        "router_id": "198.51.100.2",
+        "neighbors": [
+            {"address": a, "local_address": local(a), "peer_as": 65000} for a in neighbors
+        ],
+    }
+    return AgentConfig(pop="t", state_dir="/nonexistent", bgp=bgp, services=services, **top)
+
+
+def tcp_targets(count: int) -> list[dict[str, Any]]:
+    return [{"name": f"e{i}", "tcp": {"host": "203.0.113.11", "port": 80}} for i in range(count)]

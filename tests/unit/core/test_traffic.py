@@ -12,37 +12,21 @@ from anycast_agent.core.events import DrainRequest, SetMedRequest, UndrainReques
 from anycast_agent.core.intents import POP, Drain, Intents
 from anycast_agent.core.traffic import Phase
 from anycast_agent.model import MED_DRAIN, RouteAttrs, RouteKey
-from tests.unit.core.playbook import WALL0, Playbook
+from tests.unit.core.playbook import WALL0, Playbook, pop_config, tcp_targets
 
 N4 = ["198.51.100.1", "198.51.100.5", "198.51.100.9", "198.51.100.13"]
 
 
 def config(neighbors: int = 4, prefixes: int = 1, targets: int = 4, **service: Any) -> AgentConfig:
-    return AgentConfig(
-        pop="t",
-        state_dir="/nonexistent",
-        bgp={
-            "local_as": 65001,
-            "router_id": "198.51.100.2",
-            "neighbors": [
-                {"address": a, "local_address": "198.51.100.2", "peer_as": 65000}
-                for a in N4[:neighbors]
-            ],
-        },
-        defaults={"med_hold": 30, "min_update_interval": 10, "drain_grace": 30},
-        services=[
-            {
-                "name": "web",
-                "prefixes": [f"192.0.2.{10 + i}/32" for i in range(prefixes)],
-                "med": 100,
-                "targets": [
-                    {"name": f"e{i}", "tcp": {"host": "203.0.113.11", "port": 80}}
-                    for i in range(targets)
-                ],
-                **service,
-            }
-        ],
-    )
+    web = {
+        "name": "web",
+        "prefixes": [f"192.0.2.{10 + i}/32" for i in range(prefixes)],
+        "med": 100,
+        "targets": tcp_targets(targets),
+        **service,
+    }
+    defaults = {"med_hold": 30, "min_update_interval": 10, "drain_grace": 30}
+    return pop_config(N4[:neighbors], [web], defaults=defaults)
 
 
 def no_ramp(**kw: Any) -> AgentConfig:
@@ -280,31 +264,14 @@ def test_first_start_with_nothing_held_ramps_from_the_first_stage() -> None:
 
 def dual_config(**service: Any) -> AgentConfig:
     """An IPv6 session listed first, and an IPv4-only service (review finding: families)."""
-    return AgentConfig(
-        pop="t",
-        state_dir="/nonexistent",
-        bgp={
-            "local_as": 65001,
-            "router_id": "198.51.100.2",
-            "neighbors": [
-                {
-                    "address": "2001:db8:100::1",
-                    "local_address": "2001:db8:100::2",
-                    "peer_as": 65000,
-                },
-                {"address": "198.51.100.1", "local_address": "198.51.100.2", "peer_as": 65000},
-            ],
-        },
-        services=[
-            {
-                "name": "web",
-                "prefixes": ["192.0.2.10/32"],
-                "targets": [{"name": "e0", "tcp": {"host": "203.0.113.11", "port": 80}}],
-                "ramp": {"stages": [25, 50, 100], "stage_hold": 5},
-                **service,
-            }
-        ],
-    )
+    web = {
+        "name": "web",
+        "prefixes": ["192.0.2.10/32"],
+        "targets": tcp_targets(1),
+        "ramp": {"stages": [25, 50, 100], "stage_hold": 5},
+        **service,
+    }
+    return pop_config(["2001:db8:100::1", "198.51.100.1"], [web])
 
 
 def test_neighbors_ramp_counts_only_neighbors_of_the_prefix_family() -> None:

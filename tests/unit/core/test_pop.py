@@ -1,0 +1,415 @@
+"""Transcripts of the PoP core's own decisions: health to routes, acks, sessions, the VIP gate,
+operator requests and their persistence, reloads, readiness. Events in, commands out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anycast_agent.config import AgentConfig, pop_spec
+from anycast_agent.core.commands import (
+    AddVip,
+    Announce,
+    Command,
+    Persist,
+    Ready,
+    RefusalKind,
+    RemoveVip,
+    Reply,
+    StartProbe,
+    StopProbe,
+    Withdraw,
+)
+from anycast_agent.core.events import (
+    AckResult,
+    ConfigSwapped,
+    DrainRequest,
+    IntentSubmitted,
+    NeighborChanged,
+    Persisted,
+    RampRequest,
+    SetMedRequest,
+    UndrainRequest,
+    VipsListed,
+)
+from anycast_agent.core.intents import RampAction
+from anycast_agent.core.traffic import Phase
+from anycast_agent.model import NeighborState, RouteAttrs, RouteKey, TargetState
+from tests.unit.core.playbook import Playbook, pop_config, routes_of, tcp_targets
+
+N1, N2 = "198.51.100.1", "198.51.100.5"
+WEB, API = "192.0.2.10/32", "192.0.2.20/32"
+
+
+def config(
+    *,
+    services: list[dict[str, Any]] | None = None,
+    addresses: dict[str, Any] | None = None,
+    neighbors: tuple[str, ...] = (N1,),
+    **web: Any,
+) -> AgentConfig:
+    default = {"name": "web", "prefixes": [WEB], "med": 100, "targets": tcp_targets(3), **web}
+    return pop_config(
+        neighbors,
+        services if services is not None else [default],
+        defaults={"drain_grace": 30, "ramp": {"stages": [100]}, "med_hold": 30},
+        addresses=addresses or {},
+    )
+
+
+def started(cfg: AgentConfig, **kw: Any) -> Playbook:
+    pb = Playbook(cfg, **kw)
+    pb.sync()
+    return pb
+
+
+A100 = RouteAttrs(100)
+
+
+# --- health to routes --------------------------------------------------------------------------
+
+
+def test_withdraw_after_fall_failures_and_announce_after_rise() -> None:
+    pb = started(config(targets=tcp_targets(1)))
+    pb.result(0, "e0", True)
+    assert routes_of(pb.tick(0)) == []  # one success: still unknown, nothing is sent
+    pb.result(1, "e0", True)
+    assert routes_of(pb.tick(1)) == [
+        Announce(RouteKey(N1, WEB), A100, "service web up: 1/1 targets healthy, quorum 1")
+    ]
+    for t in (2, 3):
+        pb.result(t, "e0", False)
+        assert routes_of(pb.tick(t)) == []  # suspicious still carries traffic
+    pb.result(4, "e0", False)
+    [withdraw] = routes_of(pb.tick(4))
+    assert isinstance(withdraw, Withdraw) and "service web down" in withdraw.cause
+    assert pb.routes() == {}
+    pb.result(5, "e0", True)
+    assert routes_of(pb.tick(5)) == []  # recovering is not healthy yet
+    pb.result(6, "e0", True)
+    assert [type(c) for c in routes_of(pb.tick(6))] == [Announce]
+
+
+def test_quorum_counts_healthy_targets() -> None:
+    pb = started(config(min_healthy=2))
+    pb.health(0, "hhu")
+    assert pb.routes() and pb.service().phase is Phase.UP
+    pb.health(1, "hxu")
+    assert pb.service().phase is Phase.UNKNOWN  # e2 may still make the quorum
+    pb.health(2, "hxx")
+    assert pb.service().phase is Phase.DOWN and pb.routes() == {}
+    assert "1/3 targets healthy, quorum 2" in pb.service().reason
+
+
+def test_capacity_penalty_is_held_then_sent_both_ways() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    pb.health(1, "hhx")
+    assert pb.meds() == {100}
+    pb.health(31, "hhx")
+    assert pb.meds() == {433}  # 100 + round(1000 * 1/3)
+    pb.health(32, "hhh")
+    pb.health(61.9, "hhh")
+    assert pb.meds() == {433}
+    pb.health(62, "hhh")
+    assert pb.meds() == {100}
+
+
+def test_nothing_is_sent_and_nothing_ready_until_every_service_is_decided() -> None:
+    pb = started(config(services=[_service("web", WEB), _service("api", API)]))
+    out = pb.health(0, "hhh", service="web")
+    assert routes_of(out) == [
+        Announce(RouteKey(N1, WEB), A100, "service web up: 3/3 targets healthy, quorum 1")
+    ]
+    assert not any(isinstance(c, Ready) for c in pb.log)
+    pb.health(1, "xxx", service="api")
+    assert [c for c in pb.log if isinstance(c, Ready)] == [Ready()]
+    pb.health(2, "hhh", service="api")
+    assert [c for c in pb.log if isinstance(c, Ready)] == [Ready()]  # once
+
+
+def _service(name: str, prefix: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "prefixes": [prefix], "targets": tcp_targets(3), **kw}
+
+
+# --- ExaBGP's answers and sessions ------------------------------------------------------------
+
+
+def test_refused_announce_is_retried_after_30s_and_visible_meanwhile() -> None:
+    pb = started(config())
+    pb.auto_ack = None
+    pb.health(0, "hhh")
+    pb.ack(AckResult.ERROR, t=0)
+    assert pb.routes() == {}
+    [route] = pb.service().routes
+    assert route.wanted == A100 and route.accepted is None  # desired != held, in status
+    assert routes_of(pb.tick(10)) == []
+    assert pb.pop.next_deadline() is not None and pb.pop.next_deadline() <= 30  # type: ignore[operator]
+    assert [type(c) for c in routes_of(pb.tick(30))] == [Announce]
+    assert "ExaBGP refused announce 192.0.2.10/32 med 100 to 198.51.100.1" in pb.logs()
+
+
+def test_a_command_in_flight_is_not_sent_again_and_an_unanswered_one_is_retried() -> None:
+    pb = started(config())
+    pb.auto_ack = None
+    pb.health(0, "hhh")
+    assert len(pb.unanswered) == 1
+    assert routes_of(pb.tick(0.25)) == []  # no ack yet: in flight, not planned again
+    pb.ack(AckResult.TIMEOUT, t=2)
+    assert pb.routes() == {RouteKey(N1, WEB): A100}  # maybe applied: assumed held
+    assert routes_of(pb.tick(3)) == []
+    assert [type(c) for c in routes_of(pb.tick(32))] == [Announce]  # the same, once more
+
+
+def test_session_up_resends_the_routes_to_that_neighbor() -> None:
+    pb = started(config(neighbors=(N1, N2)))
+    pb.health(0, "hhh")
+    assert routes_of(pb.tick(1)) == []
+    pb.send(NeighborChanged(pb.at(2), N2, NeighborState.DOWN, "hold timer expired"))
+    assert pb.pop.snapshot().neighbors[N2] is NeighborState.DOWN
+    pb.send(NeighborChanged(pb.at(3), N2, NeighborState.ESTABLISHED))
+    assert routes_of(pb.tick(3)) == [
+        Announce(RouteKey(N2, WEB), A100, "service web up: 3/3 targets healthy, quorum 1")
+    ]
+
+
+def test_held_routes_the_config_does_not_map_are_withdrawn_at_start() -> None:
+    held = {
+        RouteKey(N1, WEB): A100,
+        RouteKey(N1, "192.0.2.99/32"): A100,  # prefix no longer configured
+        RouteKey(N2, WEB): A100,  # neighbor no longer configured
+    }
+    pb = Playbook(config())
+    out = pb.sync(held=held)
+    assert {(c.key.neighbor, c.key.prefix) for c in routes_of(out)} == {
+        (N1, "192.0.2.99/32"),
+        (N2, WEB),
+    }
+    assert pb.routes() == {RouteKey(N1, WEB): A100}  # the configured one waits for health
+
+
+# --- the VIP gate -----------------------------------------------------------------------------
+
+
+def test_check_mode_decides_nothing_before_the_first_listing_then_withholds() -> None:
+    held = {RouteKey(N1, WEB): A100}
+    pb = Playbook(config(addresses={"mode": "check"}))
+    pb.sync(held=held)
+    pb.health(0, "hhh")
+    assert pb.pop.next_deadline() is None and pb.routes() == held  # respawn: nothing withdrawn
+    pb.send(VipsListed(pb.at(1), frozenset({"192.0.2.10"})))
+    assert routes_of(pb.tick(1)) == []
+    pb.send(VipsListed(pb.at(2), frozenset()))
+    [withdraw] = routes_of(pb.tick(2))
+    assert isinstance(withdraw, Withdraw) and withdraw.cause == f"address of {WEB} missing on lo"
+    pb.send(VipsListed(pb.at(3), None, "netlink: interface gone"))
+    assert (
+        "VIP check: netlink: interface gone: every prefix is withheld" not in pb.logs()
+    )  # same set
+    pb.send(VipsListed(pb.at(4), frozenset({"192.0.2.10"})))
+    assert [type(c) for c in routes_of(pb.tick(4))] == [Announce]
+
+
+def test_manage_mode_adds_the_address_before_the_announce_and_removes_it_after_the_withdraw() -> (
+    None
+):
+    pb = started(config(addresses={"mode": "manage", "remove_on_withdraw": True}))
+    out = pb.health(0, "hhh")
+    kinds = [type(c) for c in out if isinstance(c, AddVip | Announce | Withdraw | RemoveVip)]
+    assert kinds == [AddVip, Announce] or kinds == [AddVip]
+    if kinds == [AddVip]:
+        out = pb.tick(0.01)
+        assert [type(c) for c in routes_of(out)] == [Announce]
+    out = pb.health(5, "xxx")
+    assert [type(c) for c in out if isinstance(c, Withdraw | RemoveVip)] == [Withdraw, RemoveVip]
+
+
+def test_manage_mode_adds_the_address_before_the_announce_and_removes_it_after() -> None:
+    pb = started(config(addresses={"mode": "manage", "remove_on_withdraw": True}))
+    out = pb.health(0, "hhh")
+    assert [c for c in out if isinstance(c, AddVip | Announce)] == [AddVip(WEB)]
+    assert [type(c) for c in routes_of(pb.tick(0.01))] == [Announce]  # once the address is up
+    out = pb.health(5, "xxx")
+    assert [type(c) for c in out if isinstance(c, Withdraw | RemoveVip)] == [Withdraw, RemoveVip]
+
+
+def test_manage_mode_never_announces_when_the_address_cannot_be_added() -> None:
+    pb = started(config(addresses={"mode": "manage"}))
+    pb.vip_error = "cannot add 192.0.2.10/32 on lo: Operation not permitted"
+    pb.health(0, "hhh")
+    assert routes_of(pb.tick(1)) == [] and pb.routes() == {}
+    assert f"{pb.vip_error}: not announcing {WEB}" in pb.logs()
+    assert not [c for c in pb.tick(20) if isinstance(c, AddVip)]  # waits 30 s
+    pb.vip_error = ""
+    assert [c for c in pb.tick(30) if isinstance(c, AddVip)] == [AddVip(WEB)]
+    assert [type(c) for c in routes_of(pb.tick(30.1))] == [Announce]
+
+
+# --- operator requests --------------------------------------------------------------------------
+
+
+def test_an_intent_takes_effect_only_once_persisted() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    pb.persist_error = "/var/lib/anycast-agent/state.json: No space left on device"
+    reply = pb.request(1, DrainRequest(None, "maintenance", "op"))
+    assert reply.refusal is not None and reply.refusal.kind is RefusalKind.NOT_PERSISTED
+    assert "No space left on device" in reply.refusal.message
+    pb.tick(1)
+    assert pb.service().phase is Phase.UP and pb.service().drain is None  # nothing changed
+    assert pb.pop.intents.drains == {}
+    pb.persist_error = ""
+    assert pb.request(2, DrainRequest(None, "maintenance", "op")).refusal is None
+    persist = [c for c in pb.log if isinstance(c, Persist) and c.ticket is not None][-1]
+    assert "*" in persist.intents.drains
+    pb.tick(2)
+    assert pb.service().phase is Phase.DRAINING
+
+
+def test_a_request_while_another_is_being_written_is_refused_busy() -> None:
+    pb = started(config())
+    first = pb.pop.handle(IntentSubmitted(pb.at(1), 1, DrainRequest("web", "r", "op")))
+    assert [type(c) for c in first] == [Persist]  # the write is under way
+    [busy] = pb.pop.handle(IntentSubmitted(pb.at(1), 2, SetMedRequest("web", 5, "r", "op")))
+    assert isinstance(busy, Reply) and busy.refusal is not None
+    assert busy.refusal.kind is RefusalKind.BUSY
+    out = pb.pop.handle(Persisted(pb.at(1), 1))
+    assert Reply(1) in out
+    assert pb.pop.intents.drains["web"].reason == "r"
+
+
+def test_refusals_name_what_is_wrong() -> None:
+    pb = started(config())
+    cases = [
+        (DrainRequest("nope", "r", "op"), RefusalKind.UNKNOWN_SERVICE, "no service named 'nope'"),
+        (UndrainRequest("web", "op"), RefusalKind.CONFLICT, "'web' is not drained"),
+        (UndrainRequest(None, "op"), RefusalKind.CONFLICT, "the PoP is not drained"),
+        (RampRequest("web", RampAction.ADVANCE, "op"), RefusalKind.CONFLICT, "not ramping"),
+        (RampRequest("web", RampAction.RESTART, "op"), RefusalKind.CONFLICT, "not announced"),
+    ]
+    for request, kind, text in cases:
+        refusal = pb.request(0, request).refusal
+        assert refusal is not None and refusal.kind is kind and text in refusal.message
+    assert not [c for c in pb.log if isinstance(c, Persist)]
+
+
+def test_ramp_hold_advance_restart_and_the_hold_ends_with_the_ramp() -> None:
+    cfg = config(ramp={"stages": [25, 50, 100], "stage_hold": 5}, neighbors=(N1, N2))
+    pb = started(cfg)
+    pb.health(0, "hhh")
+    assert pb.request(0, RampRequest("web", RampAction.HOLD, "op")).refusal is None
+    pb.tick(100)
+    assert pb.service().stage == 25 and pb.service().ramp_held
+    assert pb.request(100, RampRequest("web", RampAction.ADVANCE, "op")).refusal is None
+    pb.tick(100)
+    assert pb.service().stage == 50
+    assert pb.request(101, RampRequest("web", RampAction.RESTART, "op")).refusal is None
+    pb.tick(101)
+    assert pb.service().stage == 25
+    pb.health(102, "xxx")
+    assert not pb.service().ramp_held and pb.pop.intents.ramp_holds == frozenset()
+    assert "ramp hold of web cleared: the service is down" in pb.logs()
+    assert [c for c in pb.log if isinstance(c, Persist) and c.ticket is None]
+
+
+def test_expired_intents_are_dropped_and_persisted() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    pb.request(0, SetMedRequest("web", 7000, "shift", "op", expires_in_s=60))
+    pb.tick(1)
+    assert pb.meds() == {7000}
+    out = pb.tick(61)
+    assert any(isinstance(c, Persist) and c.ticket is None and not c.intents.meds for c in out)
+    assert pb.meds() == {100}
+
+
+def test_unreadable_state_drains_the_pop_until_an_operator_undrains() -> None:
+    pb = started(config(), state_unreadable=True)
+    pb.health(0, "hhh")
+    assert pb.service().phase is Phase.DRAINING and pb.routes() == {}  # nothing new announced
+    pb.tick(31)
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+    assert pb.pop.snapshot().state_unreadable
+    assert pb.request(32, UndrainRequest(None, "op")).refusal is None
+    pb.tick(32)
+    assert not pb.pop.snapshot().state_unreadable and pb.service().phase is Phase.UP
+
+
+# --- reload -------------------------------------------------------------------------------------
+
+
+def swap(pb: Playbook, t: float, cfg: AgentConfig) -> list[Command]:
+    out = pb.send(ConfigSwapped(pb.at(t), pop_spec(cfg)))
+    pb.config = cfg
+    return out
+
+
+def test_reload_keeps_unchanged_targets_and_restarts_changed_ones() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    targets = tcp_targets(2)
+    targets.append({"name": "e2", "tcp": {"host": "203.0.113.12", "port": 80}})
+    targets.append({"name": "e3", "tcp": {"host": "203.0.113.13", "port": 80}})
+    out = swap(pb, 1, config(targets=targets))
+    probes = [c for c in out if isinstance(c, StartProbe | StopProbe)]
+    assert [(type(c).__name__, c.service) for c in probes] == [
+        ("StopProbe", "web"),
+        ("StartProbe", "web"),
+        ("StartProbe", "web"),
+    ]
+    assert [t.state for t in pb.service().targets] == [
+        TargetState.HEALTHY,
+        TargetState.HEALTHY,
+        TargetState.UNKNOWN,
+        TargetState.UNKNOWN,
+    ]
+    assert routes_of(pb.tick(1)) == []  # two healthy still meet the quorum
+
+
+def test_reload_that_renames_a_service_adopts_its_routes() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    before = pb.routes()
+    mark = len(pb.log)
+    swap(pb, 1, config(services=[_service("www", WEB)]))
+    pb.tick(1)
+    pb.health(2, "hhh", service="www")
+    assert routes_of(pb.log[mark:]) == [] and pb.routes() == before
+
+
+def test_reload_that_drops_a_service_withdraws_its_routes() -> None:
+    pb = started(config(services=[_service("web", WEB), _service("api", API)]))
+    pb.health(0, "hhh", service="web")
+    pb.health(0, "hhh", service="api")
+    out = swap(pb, 1, config(services=[_service("web", WEB)]))
+    assert sum(isinstance(c, StopProbe) for c in out) == 3
+    [withdraw] = routes_of(pb.tick(1))
+    assert withdraw.key == RouteKey(N1, API) and "no longer configured" in withdraw.cause
+
+
+def test_reload_to_another_vip_interface_waits_for_its_listing() -> None:
+    pb = Playbook(config(addresses={"mode": "check"}))
+    pb.sync()
+    pb.send(VipsListed(pb.at(0), frozenset({"192.0.2.10"})))
+    pb.health(0, "hhh")
+    assert pb.routes()
+    swap(pb, 1, config(addresses={"mode": "check", "interface": "vip0"}))
+    assert pb.pop.next_deadline() is None  # nothing decided about vip0 before it is listed
+    pb.send(VipsListed(pb.at(2), frozenset()))
+    [withdraw] = routes_of(pb.tick(2))
+    assert withdraw.cause == f"address of {WEB} missing on vip0"
+
+
+# --- what status and metrics read ---------------------------------------------------------------
+
+
+def test_snapshot_is_built_once_per_change_and_says_announcing_while_ramping() -> None:
+    pb = started(config(ramp={"stages": [50, 100], "stage_hold": 5}, neighbors=(N1, N2)))
+    pb.health(0, "hhh")
+    snap = pb.pop.snapshot()
+    assert pb.pop.snapshot() is snap
+    web = snap.service("web")
+    assert web is not None and web.phase is Phase.RAMPING and web.announcing
+    pb.request(1, DrainRequest("web", "r", "op"))
+    pb.tick(1)
+    assert pb.pop.snapshot() is not snap
+    assert not pb.service().announcing  # draining: de-preferred by the operator, not by health
