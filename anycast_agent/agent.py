@@ -28,9 +28,11 @@ from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec
 from anycast_agent.errors import RenderError, SpeakerError
 from anycast_agent.heap import settle_heap
-from anycast_agent.netlink.addresses import NETLINK_ERRORS, Addresses
+from anycast_agent.limits import fd_budget
+from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
+from anycast_agent.probes.canary import canary_forever
 from anycast_agent.probes.runner import probe_forever
 from anycast_agent.speaker import Speaker, learn
 from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent, StateEvent, render
@@ -83,7 +85,7 @@ class Agent:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
         starts = 0 if self.dry_run else count_start(self.config.state_dir)
         intents, unreadable = self.store.load_or_drain()
-        about = About(__version__, self.wall(), starts, self.fallback)
+        about = About(__version__, self.wall(), starts, self.fallback, *fd_budget(self.config))
         self.pop = Pop(
             pop_spec(self.config), about, self.now(), intents, state_unreadable=unreadable
         )
@@ -103,10 +105,15 @@ class Agent:
             ]
             if await self._sync():
                 settle_heap()
-                tasks.append(tg.create_task(self._decide_forever(), name="decide"))
-                watchdog = self.notifier.watchdog_loop(lambda: self.pop.last_progress)
-                tasks.append(tg.create_task(watchdog, name="watchdog"))
-                tasks.append(tg.create_task(self._vips_forever(), name="vips"))
+                jobs = {
+                    "decide": self._decide_forever(),
+                    "watchdog": self.notifier.watchdog_loop(lambda: self.pop.last_progress),
+                    "vips": self._vips_forever(),
+                }
+                if self.config.canary:
+                    report = lambda r: self._observe(e.CanaryObserved(self.now(), r))  # noqa: E731
+                    jobs["canary"] = canary_forever(report)
+                tasks += [tg.create_task(job, name=name) for name, job in jobs.items()]
             else:
                 code = EXIT_NO_ACKS
                 stop.set()
@@ -177,11 +184,7 @@ class Agent:
                 await self._list_vips()
 
     async def _list_vips(self) -> None:
-        try:
-            present = frozenset(str(v.ip) for v in await self.addresses.present())
-            await self._handle(e.VipsListed(self.now(), present))
-        except NETLINK_ERRORS as exc:
-            await self._handle(e.VipsListed(self.now(), None, str(exc)))
+        await self._handle(e.VipsListed(self.now(), *await self.addresses.listing()))
 
     # -- executing the core's commands ---------------------------------------------------------
 
@@ -248,7 +251,7 @@ class Agent:
         )
         self._probes[service, name] = self._tg.create_task(probe, name=f"probe:{service}/{name}")
 
-    def _observe(self, event: e.ProbeObserved | e.ProbeSkipped) -> None:
+    def _observe(self, event: e.ProbeObserved | e.ProbeSkipped | e.CanaryObserved) -> None:
         """A probe's report, on the probe's own path: the core only ever logs in answer."""
         for command in self.pop.handle(event):
             assert isinstance(command, c.Log), command

@@ -41,14 +41,35 @@ class TargetState(enum.StrEnum):
     RECOVERING = "recovering"
 
 
+class CheckerFault(enum.StrEnum):
+    """Why a check failed in the agent itself rather than at its target (DESIGN §3.2a): the
+    errno of a local socket or spawn failure, or one of the agent's own helpers."""
+
+    EMFILE = "EMFILE"  # the agent's fd limit
+    ENFILE = "ENFILE"  # the system's fd limit
+    ENOBUFS = "ENOBUFS"
+    ENOMEM = "ENOMEM"
+    EADDRNOTAVAIL = "EADDRNOTAVAIL"  # no local address or port to connect from
+    EAGAIN = "EAGAIN"  # fork refused (process limit)
+    EPERM = "EPERM"  # connect or send refused locally, e.g. an nft output drop
+    EACCES = "EACCES"
+    RESOLVER = "resolver"  # the agent's resolver failed for a host-name target
+    NETLINK = "netlink"  # `addresses.mode: check` could not list the interface
+    CANARY = "canary"  # the agent could not even probe its own loopback canary
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    """One finished check. `reason` says why it failed ("" when ok)."""
+    """One finished check. `reason` says why it failed ("" when ok); `checker` is set when the
+    failure is the agent's own (it then says nothing about the target), `bug` when the probe
+    code raised (a target failure all the same: a parser bug must not freeze routing)."""
 
     ok: bool
     latency_s: float
     reason: str = ""
     load: float | None = None  # 0.0-1.0 when the target reports it
+    checker: CheckerFault | None = None
+    bug: bool = False
 
 
 @dataclass(frozen=True, slots=True)

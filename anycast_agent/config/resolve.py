@@ -96,4 +96,5 @@ def pop_spec(config: AgentConfig) -> PopSpec:
         addresses=config.addresses.mode,
         vip_interface=config.addresses.interface,
         remove_vip_on_withdraw=config.addresses.remove_on_withdraw,
+        checker_fault_max_s=config.checker_fault_max,
     )

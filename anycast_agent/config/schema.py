@@ -264,6 +264,10 @@ class AgentConfig(BaseSettings):
     addresses: Addresses = Addresses()
     defaults: Defaults = Defaults()
     services: tuple[Service, ...] = ()
+    # How long checker faults may blind the agent to every target before they stop counting
+    # as progress: the watchdog then fails the PoP closed, as for a hang (DESIGN §3.2a).
+    checker_fault_max: Duration = 300.0
+    canary: bool = True  # probe a loopback listener of the agent's own (DESIGN §3.2a)
     # Deprecated (DESIGN §3.6): exit never withdraws. `false` is still accepted, because
     # configs and last-good copies in the field carry it; `true` is refused.
     withdraw_on_exit: bool | None = None

@@ -87,6 +87,26 @@ class SnapshotCollector(Collector):
         )
         age.add_metric([], max(0.0, self._monotonic() - snap.last_progress))
         yield age
+        fault = _g(
+            "checker_fault",
+            "Targets whose last check failed in the agent itself, by reason (errno, resolver); "
+            "netlink and canary are 1 while failing. Their health is frozen, not failed.",
+            ("reason",),
+        )
+        for reason, count in snap.checker_faults.items():
+            fault.add_metric([reason.value], count)
+        yield fault
+        if snap.canary_up is not None:
+            canary = _g("canary_up", "1 while the agent can probe its own loopback canary.")
+            canary.add_metric([], 1.0 if snap.canary_up else 0.0)
+            yield canary
+        for name, doc, count in (
+            ("fd_limit", "The agent's open-file limit (RLIMIT_NOFILE) at start.", snap.fd_limit),
+            ("fd_needed", "Open files the config needs at most (targets, margin).", snap.fd_needed),
+        ):
+            g = _g(name, doc)
+            g.add_metric([], count)
+            yield g
         neighbor_up = _g("neighbor_up", "1 while the BGP session is established.", ("neighbor",))
         for address, state in sorted(snap.neighbors.items()):
             neighbor_up.add_metric([address], 1.0 if state is NeighborState.ESTABLISHED else 0.0)
@@ -122,6 +142,11 @@ class SnapshotCollector(Collector):
             labels,
         )
         transitions = _c("target_transitions", "Target state changes.", labels)
+        bugs = _c(
+            "probe_bugs",
+            "Checks whose probe code raised (counted as target failures; a bug to report).",
+            labels,
+        )
         for svc in snap.services:
             for t in svc.targets:
                 key = [svc.name, t.name]
@@ -133,7 +158,8 @@ class SnapshotCollector(Collector):
                 probes.add_metric([*key, "failed"], t.probes_failed)
                 skipped.add_metric(key, t.skipped_slots)
                 transitions.add_metric(key, t.transitions)
-        yield from (state, duration, probes, skipped, transitions)
+                bugs.add_metric(key, t.probe_bugs)
+        yield from (state, duration, probes, skipped, transitions, bugs)
 
     def _services(self, snap: Snapshot) -> Iterator[Metric]:
         lab = ("service",)
@@ -163,6 +189,9 @@ class SnapshotCollector(Collector):
                 "service_suppressed", "1 while flap damping keeps the service withdrawn.", lab
             ),
             "penalty": _g("service_damping_penalty", "Flap-damping penalty (decays).", lab),
+            "frozen": _g(
+                "service_frozen", "1 while a checker fault freezes the service's health.", lab
+            ),
         }
         transitions = _c("service_transitions", "Service UP/DOWN changes.", lab)
         for svc in snap.services:
@@ -179,6 +208,7 @@ class SnapshotCollector(Collector):
             families["override"].add_metric(key, 1.0 if svc.med_override is not None else 0.0)
             families["suppressed"].add_metric(key, 1.0 if svc.suppressed else 0.0)
             families["penalty"].add_metric(key, svc.penalty)
+            families["frozen"].add_metric(key, 1.0 if svc.frozen else 0.0)
             transitions.add_metric(key, svc.transitions)
         yield from families.values()
         yield transitions

@@ -62,6 +62,8 @@ def _target_json(t: TargetSnapshot) -> JSON:
         "probes_failed": t.probes_failed,
         "skipped_slots": t.skipped_slots,
         "transitions": t.transitions,
+        "checker_fault": None if t.checker_fault is None else t.checker_fault.value,
+        "probe_bugs": t.probe_bugs,
     }
 
 
@@ -89,6 +91,7 @@ def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
         "ramp_mode": s.ramp_mode.value,
         "ramp_held": s.ramp_held,
         "suppressed": s.suppressed,
+        "frozen": s.frozen,
         "damping_penalty": s.penalty,
         "transitions": s.transitions,
         "drain": _drain_json(s.drain, wall_now),
@@ -112,5 +115,9 @@ def status_json(snap: Snapshot, wall_now: float) -> JSON:
         "starts": snap.starts,
         "last_good_fallback": snap.last_good_fallback,
         "state_unreadable": snap.state_unreadable,
+        "checker_faults": {k.value: n for k, n in snap.checker_faults.items() if n},
+        "canary_up": snap.canary_up,
+        "fd_limit": snap.fd_limit,
+        "fd_needed": snap.fd_needed,
         "services": [_service_json(s, snap, wall_now) for s in snap.services],
     }

@@ -59,6 +59,14 @@ class ProbeSkipped:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryObserved:
+    """A check of the agent's own loopback canary: when it fails, probing itself is broken."""
+
+    at: Instant
+    result: ProbeResult
+
+
+@dataclass(frozen=True, slots=True)
 class NeighborChanged:
     at: Instant
     neighbor: str
@@ -180,6 +188,7 @@ Event = (
     Synced
     | ProbeObserved
     | ProbeSkipped
+    | CanaryObserved
     | NeighborChanged
     | CommandAcked
     | VipsListed

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from anycast_agent.core.commands import StartProbe, StopProbe
 from anycast_agent.core.spec import PopSpec, TargetSpec
-from anycast_agent.model import ProbeResult, TargetState
+from anycast_agent.model import CheckerFault, ProbeResult, TargetState
 
 S = TargetState
 
@@ -66,6 +66,40 @@ class TargetRecord:
     failed: int = 0
     skipped: int = 0
     transitions: int = 0
+    bugs: int = 0  # results of probe code that raised
+    checker: CheckerFault | None = None  # the checker fault the last result was
+    fault_since: float | None = None  # when the current run of checker faults began
+
+    def report(self, result: ProbeResult, now: float) -> str | None:
+        """Take one result; the log line it deserves (None: nothing worth a line). A checker
+        fault leaves the state machine as it is (DESIGN §3.2a): it says nothing of the target."""
+        self.last = result
+        if result.checker is not None:
+            began = self.checker is None
+            self.checker = result.checker
+            self.fault_since = now if self.fault_since is None else self.fault_since
+            if not began:
+                return None
+            return (
+                f"checker fault {result.checker} ({result.reason}): the state stays "
+                f"{self.health.state} and the service's health is frozen"
+            )
+        cleared = self.checker is not None
+        self.checker = self.fault_since = None
+        self.ok += result.ok
+        self.failed += not result.ok
+        self.bugs += result.bug
+        before = self.health.state
+        self.health = observe(self.health, result.ok, rise=self.spec.rise, fall=self.spec.fall)
+        if self.health.state is not before:
+            self.transitions += 1
+            why = f": {result.reason}" if result.reason else ""
+            return f"{before} -> {self.health.state}{why}"
+        return "checker fault over: probing works again" if cleared else None
+
+    def blind_since(self, now: float, limit_s: float) -> bool:
+        """Whether checker faults have hidden this target for longer than `limit_s`."""
+        return self.fault_since is not None and now - self.fault_since >= limit_s
 
 
 def carry_targets(

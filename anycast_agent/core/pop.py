@@ -11,18 +11,17 @@ before the RIB counts it; until then its route is in flight and planned no furth
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import assert_never
 
 from anycast_agent.core.commands import (
     Announce,
     Command,
+    Log,
+    LogLevel,
     Persist,
     Ready,
-    Refusal,
-    RefusalKind,
     RemoveVip,
-    Reply,
     RouteCommand,
     StartProbe,
     Withdraw,
@@ -33,6 +32,7 @@ from anycast_agent.core.commands import (
 )
 from anycast_agent.core.events import (
     AckResult,
+    CanaryObserved,
     ChannelClosed,
     CommandAcked,
     ConfigSwapped,
@@ -40,27 +40,32 @@ from anycast_agent.core.events import (
     Instant,
     IntentSubmitted,
     NeighborChanged,
-    OperatorRequest,
     Persisted,
     ProbeObserved,
     ProbeSkipped,
-    RampRequest,
     Synced,
     Tick,
-    UndrainRequest,
     VipAdded,
     VipsListed,
 )
-from anycast_agent.core.health import TargetRecord, capacity, carry_targets, observe
+from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import POP, Drain, Intents
-from anycast_agent.core.policy import decide
-from anycast_agent.core.requests import applied, change
+from anycast_agent.core.policy import Decision, decide
+from anycast_agent.core.reload import swapped
+from anycast_agent.core.requests import Pending, persisted, submitted
 from anycast_agent.core.rib import Rib
 from anycast_agent.core.snapshot import About, Snapshot, build_snapshot
 from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec
 from anycast_agent.core.traffic import Memory, Outcome, Phase, adopt, change_line, evaluate
 from anycast_agent.core.vips import VipGate
-from anycast_agent.model import Family, NeighborState, RouteAttrs, RouteKey
+from anycast_agent.model import (
+    CheckerFault,
+    Family,
+    NeighborState,
+    ProbeResult,
+    RouteAttrs,
+    RouteKey,
+)
 
 # How long a route ExaBGP refused (or a VIP the kernel refused) waits before it is tried again.
 REFUSED_RETRY_S = 30.0
@@ -72,15 +77,6 @@ SWEEP_S = 1.0
 # Phases that end a ramp, and with it any operator hold on it.
 _RAMP_ENDED = frozenset({Phase.DOWN, Phase.DRAINED, Phase.SUPPRESSED})
 STATE_UNREADABLE = "state unreadable"
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """An operator request whose intents are being written; it applies on `Persisted`."""
-
-    ticket: int
-    request: OperatorRequest
-    intents: Intents
 
 
 class Pop:
@@ -109,8 +105,8 @@ class Pop:
         self.ready = False
         self.channel_up = True
         self.acked: dict[AckResult, int] = {}
-        self._synced = False
-        self._pending: _Pending | None = None
+        self.synced = False
+        self.pending: Pending | None = None  # an operator request being written
         self._stale: set[str] | None = None  # services with news; None: every service
         self._news_at = started.mono
         self._next_sweep = 0.0
@@ -118,8 +114,12 @@ class Pop:
         self._timers: float | None = None
         self._last_probe = self._last_decide = started.mono
         self.vips = VipGate(spec.addresses, spec.vip_interface)
+        self.canary: ProbeResult | None = None  # the last check of the agent's own canary
+        self._frozen: dict[str, tuple[Decision, int, float | None]] = {}
+        self._drained_at: dict[str, float] = {}
+        self.track_drains(started)
         self._snap: Snapshot | None = None
-        self._use(spec)
+        self.use(spec)
 
     # -- the surface -------------------------------------------------------------------------
 
@@ -143,24 +143,40 @@ class Pop:
                 self.neighbors[peer] = state
                 if state is NeighborState.ESTABLISHED:
                     self.rib.resend_neighbor(peer)
-                    self._news(event.at)
+                    self.news(event.at)
                 out = [info(f"neighbor {peer} {state}" + (f" ({reason})" if reason else ""))]
             case VipsListed():
                 out = self.vips.listed(event, self.spec)
                 if out:
-                    self._news(event.at)
+                    self.news(event.at)
             case VipAdded():
                 out = self.vips.added(event)
-                self._news(event.at)
+                self.news(event.at)
             case IntentSubmitted():
-                out = self._submitted(event)
+                out = submitted(self, event)
             case Persisted():
-                out = self._persisted(event)
+                out = persisted(self, event)
             case ConfigSwapped():
-                out = self._swap(event)
+                out = swapped(self, event)
             case ChannelClosed():
                 self.channel_up = False
                 out = []
+            case CanaryObserved(at=at, result=result):
+                was_ok = self.canary is None or self.canary.ok
+                self.canary = result
+                out = []
+                if not result.ok:
+                    self._freeze(*self.targets)
+                if result.ok != was_ok:
+                    self.news(at)
+                    out = [
+                        info("canary answers again: probing works")
+                        if result.ok
+                        else error(
+                            f"canary failed ({result.reason}): every service's health "
+                            "is frozen until the agent can probe its own loopback"
+                        )
+                    ]
             case _:
                 assert_never(event)
         self._snap = None
@@ -169,7 +185,7 @@ class Pop:
     def next_deadline(self) -> float | None:
         """The monotonic time by which the shell should send the next Tick (None: no step is
         possible until another event arrives)."""
-        if not self._synced or self.vips.waiting:
+        if not self.synced or self.vips.waiting:
             return None
         if self._stale is None or self._stale:
             return self._news_at
@@ -199,28 +215,27 @@ class Pop:
         record = self._record(event.service, event.target)
         if record is None:  # the last result of a probe a reload removed
             return []
-        self._last_probe = event.at.mono
-        result = event.result
-        before = record.health.state
-        record.last = result
-        if result.ok:
-            record.ok += 1
-        else:
-            record.failed += 1
-        spec = record.spec
-        record.health = observe(record.health, result.ok, rise=spec.rise, fall=spec.fall)
-        if record.health.state is before:
+        now = event.at.mono
+        before = (record.health.state, record.checker is None)
+        if event.result.checker is not None:
+            self._freeze(event.service)
+        line = record.report(event.result, now)
+        # A checker blind for longer than checker_fault_max is no progress: the watchdog then
+        # fails the PoP closed, as for a hang (a blind agent must not hold routes for ever).
+        if not record.blind_since(now, self.spec.checker_fault_max_s):
+            self._last_probe = now
+        if (record.health.state, record.checker is None) != before:
+            self.news(event.at, event.service)
+        if line is None:
             return []
-        record.transitions += 1
-        self._news(event.at, event.service)
-        why = f": {result.reason}" if result.reason else ""
-        return [info(f"target {event.service}/{spec.name} {before} -> {record.health.state}{why}")]
+        level = LogLevel.WARNING if record.checker is not None else LogLevel.INFO
+        return [Log(level, f"target {event.service}/{event.target} {line}")]
 
     def _record(self, service: str, target: str) -> TargetRecord | None:
         return self._records.get((service, target))
 
     def _sync(self, event: Synced) -> list[Command]:
-        self._synced = True
+        self.synced = True
         self.neighbors = {n.address: NeighborState.DOWN for n in self.spec.neighbors}
         self.neighbors.update(event.neighbors)
         self.rib.held = dict(event.held)
@@ -229,7 +244,7 @@ class Pop:
         adopted = [s for s, m in self.memory.items() if m.was_up]
         sessions = ", ".join(f"{a} {s}" for a, s in sorted(self.neighbors.items()))
         fallback = " — RUNNING THE LAST-GOOD CONFIG" if self.about.last_good_fallback else ""
-        self._news(event.at)
+        self.news(event.at)
         return [
             info(
                 f"start {self.about.starts}: ExaBGP holds {len(event.held)} routes (adopted: "
@@ -266,7 +281,7 @@ class Pop:
 
     # -- the decision step -------------------------------------------------------------------
 
-    def _news(self, at: Instant, service: str | None = None) -> None:
+    def news(self, at: Instant, service: str | None = None) -> None:
         """Ask for a step now: for `service` only (its targets changed state), or for all."""
         if self._stale is not None and not self._stale:
             self._news_at = at.mono
@@ -292,6 +307,7 @@ class Pop:
         expired = self.intents.expire(at.wall)
         if expired is not self.intents:
             self.intents = expired
+            self.track_drains(at)
             out += [
                 info(f"operator intents expired; now: {expired.describe()}"),
                 Persist(None, expired),
@@ -334,13 +350,30 @@ class Pop:
     def _evaluate(self, svc: ServiceSpec, at: Instant, out: list[Command]) -> Outcome:
         """Decide one service from its targets, intents and memory."""
         records = self.targets[svc.name]
-        decision = decide(svc, [r.health for r in records])
-        lost, load = capacity(records)
+        faults = self._faults(svc.name)
+        if faults:  # the checker is blind: health decides as it did when it went blind
+            self._freeze(svc.name)
+        else:
+            self._frozen.pop(svc.name, None)
+        live = None if faults else (decide(svc, [r.health for r in records]), *capacity(records))
+        decision, lost, load = live or self._frozen[svc.name]
         held = svc.name in self.intents.ramp_holds
         mem = replace(self.memory.get(svc.name, Memory()), ramp_held=held)
+        drained = [self._drained_at[k] for k in (svc.name, POP) if k in self._drained_at]
         mem, outcome = evaluate(
-            svc, mem, decision, lost, load, self.intents, at.mono, at.wall, self.rib.held.keys()
+            svc,
+            mem,
+            decision,
+            lost,
+            load,
+            self.intents,
+            at.mono,
+            min(drained, default=None),
+            self.rib.held.keys(),
         )
+        if faults:
+            why = f"; health frozen: checker fault ({', '.join(faults)})"
+            outcome = replace(outcome, reason=outcome.reason + why)
         self.memory[svc.name] = mem
         if held and outcome.phase in _RAMP_ENDED:
             self.intents = replace(self.intents, ramp_holds=self.intents.ramp_holds - {svc.name})
@@ -355,6 +388,43 @@ class Pop:
         self.healthy[svc.name] = decision.healthy
         return outcome
 
+    def frozen_services(self) -> set[str]:
+        return set(self._frozen)
+
+    def checker_faults(self) -> dict[CheckerFault, int]:
+        """How many targets each checker fault blinds now, plus netlink and the canary."""
+        counts = dict.fromkeys(CheckerFault, 0)
+        for records in self.targets.values():
+            for r in records:
+                if r.checker is not None:
+                    counts[r.checker] += 1
+        counts[CheckerFault.NETLINK] = int(bool(self.vips.problem))
+        counts[CheckerFault.CANARY] = int(self.canary is not None and not self.canary.ok)
+        return counts
+
+    def _freeze(self, *services: str) -> None:
+        """Keep what health says of these services now, until the checker sees again."""
+        for name in services:
+            if name not in self._frozen:
+                records = self.targets[name]
+                decision = decide(self.services[name], [r.health for r in records])
+                self._frozen[name] = (decision, *capacity(records))
+
+    def _faults(self, service: str) -> list[str]:
+        """What blinds the checker for `service` now (empty: its health is live)."""
+        faults = [f"{r.spec.name} {r.checker}" for r in self.targets[service] if r.checker]
+        if self.canary is not None and not self.canary.ok:
+            faults.append(f"canary: {self.canary.reason}")
+        return faults
+
+    def track_drains(self, at: Instant) -> None:
+        """When, on the monotonic clock, each drain began: now for a new one, `since` ago
+        (never in the future) for one read from disk; a re-drain keeps its start."""
+        self._drained_at = {
+            k: self._drained_at.get(k, at.mono - max(0.0, at.wall - d.since))
+            for k, d in self.intents.drains.items()
+        }
+
     def _route(self, command: RouteCommand, now: float) -> list[Command]:
         """The route command, or (`manage`) the VIP it needs first."""
         if isinstance(command, Announce):
@@ -364,78 +434,10 @@ class Pop:
         self.rib.in_flight.add(command.key)
         return [command]
 
-    # -- operator intents --------------------------------------------------------------------
-
-    def _submitted(self, event: IntentSubmitted) -> list[Command]:
-        if self._pending is not None:
-            refusal = Refusal(RefusalKind.BUSY, "another operator change is being saved; retry")
-            return [Reply(event.ticket, refusal)]
-        changed = change(self.intents, event.request, event.at, self._services, self.memory)
-        if isinstance(changed, Refusal):
-            return [Reply(event.ticket, changed)]
-        if changed == self.intents:  # nothing to write (a ramp advance, a repeated request)
-            return self._accept(event.ticket, event.request, changed, event.at)
-        self._pending = _Pending(event.ticket, event.request, changed)
-        return [Persist(event.ticket, changed)]
-
-    def _persisted(self, event: Persisted) -> list[Command]:
-        pending = self._pending
-        if event.ticket is None or pending is None or pending.ticket != event.ticket:
-            if event.error:
-                return [error(f"cannot persist operator intents: {event.error}")]
-            return []
-        self._pending = None
-        if event.error:
-            why = f"cannot persist the change ({event.error}): nothing changed"
-            return [error(why), Reply(pending.ticket, Refusal(RefusalKind.NOT_PERSISTED, why))]
-        return self._accept(pending.ticket, pending.request, pending.intents, event.at)
-
-    def _accept(
-        self, ticket: int, request: OperatorRequest, intents: Intents, at: Instant
-    ) -> list[Command]:
-        self.intents = intents
-        if isinstance(request, UndrainRequest) and request.service is None:
-            self.state_unreadable = False  # the operator has seen the PoP drained and lifts it
-        if isinstance(request, RampRequest):
-            line, self.memory[request.service] = applied(
-                request, self.memory.get(request.service, Memory()), at
-            )
-        else:
-            line, _ = applied(request, Memory(), at)
-        self._news(at)
-        return [info(line), Reply(ticket)]
-
-    # -- reload ------------------------------------------------------------------------------
-
-    def _swap(self, event: ConfigSwapped) -> list[Command]:
-        """Apply a new config as a diff: unchanged targets keep their history and probe."""
-        new = event.spec
-        targets, probes = carry_targets(self.targets, new)
-        out: list[Command] = list(probes) if self._synced else []  # Synced starts them all
-        self.targets = targets
-        names = {s.name for s in new.services}
-        self.memory = {k: m for k, m in self.memory.items() if k in names}
-        self.outcomes = {k: o for k, o in self.outcomes.items() if k in names}
-        for svc in new.services:
-            if self._synced and svc.name not in self.memory:
-                # A new (or renamed) service whose routes ExaBGP holds continues from them.
-                self.memory[svc.name] = adopt(svc, self.rib.held, event.at.mono)
-        stale = sorted(
-            k for k in (*self.intents.drains, *self.intents.meds) if k not in names | {POP}
-        )
-        if stale:
-            out.append(warn(f"operator intents for services no longer configured: {stale}"))
-        if new.vip_interface != self.spec.vip_interface:
-            self.vips = VipGate(new.addresses, new.vip_interface)
-        self.about = replace(self.about, last_good_fallback=False)
-        self._use(new)
-        self._news(event.at)
-        return out
-
-    def _use(self, spec: PopSpec) -> None:
+    def use(self, spec: PopSpec) -> None:
         self.spec = spec
         self._records = {(s, r.spec.name): r for s, rs in self.targets.items() for r in rs}
-        self._services = {s.name: s for s in spec.services}
+        self.services = {s.name: s for s in spec.services}
         self._allowed = {
             RouteKey(n.address, str(p))
             for s in spec.services

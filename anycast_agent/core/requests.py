@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import assert_never
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, assert_never
 
-from anycast_agent.core.commands import Refusal, RefusalKind
+from anycast_agent.core.commands import (
+    Command,
+    Persist,
+    Refusal,
+    RefusalKind,
+    Reply,
+    error,
+    info,
+)
 from anycast_agent.core.events import (
     ClearMedRequest,
     DrainRequest,
     Instant,
+    IntentSubmitted,
     OperatorRequest,
+    Persisted,
     RampRequest,
     SetMedRequest,
     UndrainRequest,
@@ -19,6 +29,9 @@ from anycast_agent.core.events import (
 from anycast_agent.core.intents import POP, Drain, Intents, MedOverride, RampAction
 from anycast_agent.core.spec import ServiceSpec
 from anycast_agent.core.traffic import Memory
+
+if TYPE_CHECKING:
+    from anycast_agent.core.pop import Pop
 
 
 def change(
@@ -98,3 +111,54 @@ def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Me
             return line, mem
         case _:
             assert_never(request)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An operator request whose intents are being written; it applies on `Persisted`."""
+
+    ticket: int
+    request: OperatorRequest
+    intents: Intents
+
+
+def submitted(pop: Pop, event: IntentSubmitted) -> list[Command]:
+    """Judge a request: refuse it, apply it (nothing to write), or write its intents first."""
+    if pop.pending is not None:
+        refusal = Refusal(RefusalKind.BUSY, "another operator change is being saved; retry")
+        return [Reply(event.ticket, refusal)]
+    changed = change(pop.intents, event.request, event.at, pop.services, pop.memory)
+    if isinstance(changed, Refusal):
+        return [Reply(event.ticket, changed)]
+    if changed == pop.intents:  # nothing to write (a ramp advance, a repeated request)
+        return _accept(pop, event.ticket, event.request, changed, event.at)
+    pop.pending = Pending(event.ticket, event.request, changed)
+    return [Persist(event.ticket, changed)]
+
+
+def persisted(pop: Pop, event: Persisted) -> list[Command]:
+    """A write's answer: the pending request applies, or is refused and changes nothing."""
+    pending = pop.pending
+    if event.ticket is None or pending is None or pending.ticket != event.ticket:
+        if event.error:
+            return [error(f"cannot persist operator intents: {event.error}")]
+        return []
+    pop.pending = None
+    if event.error:
+        why = f"cannot persist the change ({event.error}): nothing changed"
+        return [error(why), Reply(pending.ticket, Refusal(RefusalKind.NOT_PERSISTED, why))]
+    return _accept(pop, pending.ticket, pending.request, pending.intents, event.at)
+
+
+def _accept(
+    pop: Pop, ticket: int, request: OperatorRequest, intents: Intents, at: Instant
+) -> list[Command]:
+    pop.intents = intents
+    pop.track_drains(at)
+    if isinstance(request, UndrainRequest) and request.service is None:
+        pop.state_unreadable = False  # the operator has seen the PoP drained and lifts it
+    line, mem = applied(request, pop.memory.get(request.service or "", Memory()), at)
+    if isinstance(request, RampRequest):
+        pop.memory[request.service] = mem
+    pop.news(at)
+    return [info(line), Reply(ticket)]

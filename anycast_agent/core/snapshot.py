@@ -3,7 +3,7 @@ per change and shared by every reader (status, metrics, the control endpoint's n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from anycast_agent.core.events import AckResult
@@ -11,7 +11,7 @@ from anycast_agent.core.health import TargetRecord
 from anycast_agent.core.intents import Drain, MedOverride
 from anycast_agent.core.spec import RampMode, TargetKind
 from anycast_agent.core.traffic import Memory, Phase
-from anycast_agent.model import NeighborState, RouteAttrs, TargetState
+from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
 
 if TYPE_CHECKING:
     from anycast_agent.core.pop import Pop
@@ -34,6 +34,8 @@ class About:
     started_at: float  # wall clock
     starts: int  # agent starts counted in state_dir (respawns included)
     last_good_fallback: bool = False  # running the last-good config: the given one is invalid
+    fd_limit: int = 0  # RLIMIT_NOFILE (soft) at start; 0 unknown
+    fd_needed: int = 0  # what the config needs (targets, endpoint, channel, margin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,8 @@ class TargetSnapshot:
     probes_failed: int
     skipped_slots: int
     transitions: int
+    checker_fault: CheckerFault | None = None  # the last result failed in the checker
+    probe_bugs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ class ServiceSnapshot:
     transitions: int
     targets: tuple[TargetSnapshot, ...]
     routes: tuple[RouteSnapshot, ...]
+    frozen: bool = False  # a checker fault holds its health-driven transitions
 
     @property
     def announcing(self) -> bool:
@@ -102,6 +107,10 @@ class Snapshot:
     state_unreadable: bool
     last_progress: float  # monotonic time of the last probe-loop/decision progress
     services: tuple[ServiceSnapshot, ...]
+    checker_faults: dict[CheckerFault, int] = field(default_factory=dict)  # how many now
+    canary_up: bool | None = None  # None: no canary (or no check of it yet)
+    fd_limit: int = 0
+    fd_needed: int = 0
 
     def service(self, name: str) -> ServiceSnapshot | None:
         return next((s for s in self.services if s.name == name), None)
@@ -121,6 +130,8 @@ def _target(r: TargetRecord) -> TargetSnapshot:
         probes_failed=r.failed,
         skipped_slots=r.skipped,
         transitions=r.transitions,
+        checker_fault=r.checker,
+        probe_bugs=r.bugs,
     )
 
 
@@ -151,6 +162,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 med_override=pop.intents.meds.get(svc.name),
                 transitions=mem.transitions,
                 targets=tuple(_target(r) for r in pop.targets.get(svc.name, ())),
+                frozen=svc.name in pop.frozen_services(),
                 routes=tuple(
                     RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), held.get(k)) for k in keys
                 ),
@@ -170,4 +182,8 @@ def build_snapshot(pop: Pop) -> Snapshot:
         state_unreadable=pop.state_unreadable,
         last_progress=pop.last_progress,
         services=tuple(services),
+        checker_faults=pop.checker_faults(),
+        canary_up=None if pop.canary is None else pop.canary.ok,
+        fd_limit=pop.about.fd_limit,
+        fd_needed=pop.about.fd_needed,
     )

@@ -103,3 +103,5 @@ class PopSpec:
     addresses: AddressMode = AddressMode.OFF
     vip_interface: str = "lo"
     remove_vip_on_withdraw: bool = False
+    # How long checker faults may hide every target before they stop counting as progress.
+    checker_fault_max_s: float = 300.0

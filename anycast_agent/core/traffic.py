@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from anycast_agent.core.health import TargetRecord
-from anycast_agent.core.intents import POP, Intents
+from anycast_agent.core.intents import Intents
 from anycast_agent.core.policy import Decision, ServiceStatus
 from anycast_agent.core.spec import OnDown, Policy, RampMode, ServiceSpec
 from anycast_agent.model import GRACEFUL_SHUTDOWN, MED_DRAIN, Family, RouteAttrs, RouteKey
@@ -211,11 +211,12 @@ def evaluate(
     load: float | None,
     intents: Intents,
     now: float,
-    wall: float,
+    drained_at: float | None,
     held: Collection[RouteKey] = (),
 ) -> tuple[Memory, Outcome]:
-    """One decision step for one service. `now` is monotonic, `wall` is the wall clock;
-    `held` is what ExaBGP holds (a drain only de-prefers those routes)."""
+    """One decision step for one service. `now` is monotonic; `drained_at` is the monotonic
+    time the earliest drain that applies began (None: not drained); `held` is what ExaBGP
+    holds (a drain only de-prefers those routes)."""
     policy = service.policy
     raw = decision.status
     mem = _damp(mem, raw, policy, now)
@@ -245,11 +246,9 @@ def evaluate(
     if drain is not None:
         mem = replace(mem, was_up=False, med=MedHold())
         # The grace runs from the earliest drain that applies (a service drain added during a
-        # PoP drain must not start the grace, and a re-announce, over again).
-        since = min(
-            d.since for d in (intents.drains.get(service.name), intents.drains.get(POP)) if d
-        )
-        left = policy.drain_grace_s - (wall - since)
+        # PoP drain must not start the grace, and a re-announce, over again), on the monotonic
+        # clock: a wall-clock step neither cuts nor stretches it.
+        left = policy.drain_grace_s - (now - (now if drained_at is None else drained_at))
         why = f"drained by {drain.author}: {drain.reason}"
         if left > 0 and raw is ServiceStatus.UNKNOWN:
             wakes.append(now + left)

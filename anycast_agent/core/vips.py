@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from anycast_agent.core.commands import AddVip, Command, error, warn
+from anycast_agent.core.commands import AddVip, Command, error, info, warn
 from anycast_agent.core.events import VipAdded, VipsListed
 from anycast_agent.core.spec import AddressMode, PopSpec
 
@@ -22,7 +22,7 @@ class VipGate:
     mode: AddressMode
     interface: str
     present: frozenset[str] | None = None  # check: addresses listed (None: not listed yet)
-    problem: str = ""  # check: why the last listing failed
+    problem: str = ""  # check: why listing fails now (a checker fault; "" when it works)
     withheld: set[str] = field(default_factory=set)  # check: prefixes treated as down
     up: set[str] = field(default_factory=set)  # manage: prefixes whose address is confirmed
     asked: set[str] = field(default_factory=set)  # manage: AddVip sent, no answer yet
@@ -35,22 +35,31 @@ class VipGate:
         return self.mode is AddressMode.CHECK and self.present is None
 
     def listed(self, event: VipsListed, spec: PopSpec) -> list[Command]:
-        """A new listing; log lines when what is withheld changed (empty list: no change)."""
-        self.present = event.present if event.present is not None else frozenset()
-        self.problem = event.error if event.present is None else ""
-        before = self.withheld
-        self.withheld = self.missing(spec)
-        if self.withheld == before:
-            return []
-        if self.problem:
-            return [error(f"VIP check: {self.problem}: every prefix is withheld")]
-        what = ", ".join(sorted(self.withheld)) or "nothing"
-        return [warn(f"VIP check on {self.interface}: withholding {what}")]
+        """A listing, or (present None) a failure to list: a checker fault, which keeps the
+        last listing (DESIGN §3.2a) instead of withholding every prefix. Log lines when
+        something changed (empty: nothing did)."""
+        if event.present is None:
+            began, self.problem = not self.problem, event.error or "netlink error"
+            if not began:
+                return []
+            return [
+                error(
+                    f"VIP check on {self.interface}: {self.problem}: keeping the last "
+                    "listing (a checker fault, never a withdraw)"
+                )
+            ]
+        out: list[Command] = [info("VIP check works again")] if self.problem else []
+        self.present, self.problem = event.present, ""
+        before, self.withheld = self.withheld, self.missing(spec)
+        if self.withheld != before:
+            what = ", ".join(sorted(self.withheld)) or "nothing"
+            out.append(warn(f"VIP check on {self.interface}: withholding {what}"))
+        return out
 
     def missing(self, spec: PopSpec) -> set[str]:
         if self.mode is not AddressMode.CHECK or self.present is None:
             return set()
-        present = frozenset() if self.problem else self.present
+        present = self.present
         return {
             str(p)
             for s in spec.services

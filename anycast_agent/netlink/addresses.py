@@ -104,6 +104,13 @@ class Addresses:
 
     # -- the blocking calls ----------------------------------------------------------------------
 
+    async def listing(self) -> tuple[frozenset[str] | None, str]:
+        """The addresses on the interface, as text; (None, why) when they cannot be listed."""
+        try:
+            return frozenset(str(v.ip) for v in await self.present()), ""
+        except NETLINK_ERRORS as exc:
+            return None, str(exc)
+
     async def add_vip(self, prefix: str) -> str:
         """Put the prefix's address up before its route is announced: "" once it is there,
         else why not (the announce waits)."""

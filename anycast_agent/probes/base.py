@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Callable
 from typing import Protocol, TypeGuard
 
-from anycast_agent.model import ProbeResult
+from anycast_agent.model import CheckerFault, ProbeResult
 
 
 class Probe(Protocol):
@@ -47,3 +49,28 @@ def timeout_reason(timeout_s: float) -> str:
 def host_port(host: str, port: int) -> str:
     """`host:port`, with brackets around an IPv6 literal so the port stays readable."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_CHECKER_ERRNOS = {
+    errno.EMFILE: CheckerFault.EMFILE,
+    errno.ENFILE: CheckerFault.ENFILE,
+    errno.ENOBUFS: CheckerFault.ENOBUFS,
+    errno.ENOMEM: CheckerFault.ENOMEM,
+    errno.EADDRNOTAVAIL: CheckerFault.EADDRNOTAVAIL,
+    errno.EPERM: CheckerFault.EPERM,
+    errno.EACCES: CheckerFault.EACCES,
+}
+
+
+def checker_fault(exc: BaseException, *, spawn: bool = False) -> CheckerFault | None:
+    """The checker fault `exc` is (DESIGN §3.2a), or None when it is the target's failure:
+    refused, reset, unreachable and timeouts are the target's; running out of descriptors,
+    buffers, memory or local ports, a local EPERM/EACCES (an nft output drop) and the agent's
+    own resolver are the checker's; EAGAIN only counts for a spawn (fork refused)."""
+    if isinstance(exc, socket.gaierror):
+        return CheckerFault.RESOLVER
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return None
+    if spawn and exc.errno == errno.EAGAIN:
+        return CheckerFault.EAGAIN
+    return _CHECKER_ERRNOS.get(exc.errno)

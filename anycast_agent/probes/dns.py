@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 
 from anycast_agent.config import DnsCheck
-from anycast_agent.model import ProbeResult
-from anycast_agent.probes.base import host_port, timeout_reason
+from anycast_agent.model import CheckerFault, ProbeResult
+from anycast_agent.probes.base import checker_fault, host_port, timeout_reason
 
 QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "TXT": 16, "AAAA": 28}
 RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
@@ -118,14 +118,16 @@ class DnsProbe:
         except TimeoutError:
             return self._fail(start, timeout_reason(self._timeout_s))
         except OSError as exc:
-            return self._fail(start, f"cannot query {self._where}: {exc.strerror or exc}")
+            why = f"cannot query {self._where}: {exc.strerror or exc}"
+            return self._fail(start, why, checker_fault(exc))
         finally:
             if transport is not None:
                 transport.close()
         if isinstance(outcome, ConnectionRefusedError):
             return self._fail(start, f"no DNS server at {self._where} (port unreachable)")
         if isinstance(outcome, OSError):
-            return self._fail(start, f"query to {self._where} failed: {outcome.strerror}")
+            why = f"query to {self._where} failed: {outcome.strerror}"
+            return self._fail(start, why, checker_fault(outcome))
         if outcome.rcode:
             return self._fail(
                 start, RCODES.get(outcome.rcode, f"rcode {outcome.rcode}") + f" for {self._subject}"
@@ -136,5 +138,6 @@ class DnsProbe:
         return ProbeResult(ok=True, latency_s=time.monotonic() - start)
 
     @staticmethod
-    def _fail(start: float, reason: str) -> ProbeResult:
-        return ProbeResult(ok=False, latency_s=time.monotonic() - start, reason=reason)
+    def _fail(start: float, reason: str, fault: CheckerFault | None = None) -> ProbeResult:
+        latency_s = time.monotonic() - start
+        return ProbeResult(ok=False, latency_s=latency_s, reason=reason, checker=fault)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from anycast_agent.config import ExecCheck
 from anycast_agent.model import ProbeResult
-from anycast_agent.probes.base import timeout_reason
+from anycast_agent.probes.base import checker_fault, timeout_reason
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,15 @@ class ExecProbe:
         start = time.monotonic()
         # stderr goes to a pipe we drain ourselves: asyncio's own pipes would make wait() also
         # wait for EOF, which a grandchild that keeps stderr open could postpone for ever.
-        read_fd, write_fd = os.pipe()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            return ProbeResult(
+                ok=False,
+                latency_s=time.monotonic() - start,
+                reason=f"cannot run {self._name!r}: {exc.strerror or exc}",
+                checker=checker_fault(exc, spawn=True),
+            )
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv,
@@ -94,6 +102,7 @@ class ExecProbe:
                 ok=False,
                 latency_s=time.monotonic() - start,
                 reason=f"cannot run {self._name!r}: {exc.strerror or exc}",
+                checker=checker_fault(exc, spawn=True),
             )
         finally:
             os.close(write_fd)

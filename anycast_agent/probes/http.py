@@ -18,8 +18,8 @@ from aiohttp import BasicAuth
 from yarl import URL
 
 from anycast_agent.config import HttpCheck
-from anycast_agent.model import ProbeResult
-from anycast_agent.probes.base import host_port, timeout_reason
+from anycast_agent.model import CheckerFault, ProbeResult
+from anycast_agent.probes.base import checker_fault, host_port, timeout_reason
 from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.http_lean import (
     BadResponse,
@@ -100,6 +100,7 @@ class HttpProbe(_Judge):
 
     async def check(self) -> ProbeResult:
         start = time.monotonic()
+        fault = None
         try:
             async with asyncio.timeout(self._timeout_s):
                 reason, load = await self._request()
@@ -107,11 +108,13 @@ class HttpProbe(_Judge):
             reason, load = timeout_reason(self._timeout_s), None
         except aiohttp.ClientError as exc:
             reason, load = self._describe(exc), None
+            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            fault = checker_fault(cause)
         except OSError as exc:
             reason, load = f"connection to {self._where} failed: {exc.strerror or exc}", None
-        return ProbeResult(
-            ok=not reason, latency_s=time.monotonic() - start, reason=reason, load=load
-        )
+            fault = checker_fault(exc)
+        latency_s = time.monotonic() - start
+        return ProbeResult(not reason, latency_s, reason, load, checker=fault)
 
     async def _request(self) -> tuple[str, float | None]:
         async with self._session.request(
@@ -242,25 +245,28 @@ class LeanHttpProbe(_Judge):
         self._report(timeout_reason(self._timeout_s), None)
 
     def _on_outcome(self, outcome: Outcome) -> None:
-        load = None
+        load, fault, bug = None, None, False
         try:
             if isinstance(outcome, Response):
                 reason = self.status(outcome.status) or self.body(outcome.body)
                 if not reason:
                     load = self.load(outcome.headers, outcome.body)
             else:
-                reason = self._describe(outcome)
+                reason, fault = self._describe(outcome), checker_fault(outcome)
+                bug = not isinstance(outcome, OSError | ServerClosed | BadResponse)
         except Exception as exc:  # a bug judging the response: this check fails, now
-            reason, load = self._describe(exc), None
-        self._report(reason, load)
+            reason, load, bug = self._describe(exc), None, True
+        self._report(reason, load, fault, bug)
 
-    def _report(self, reason: str, load: float | None) -> None:
+    def _report(
+        self, reason: str, load: float | None, fault: CheckerFault | None = None, bug: bool = False
+    ) -> None:
         done = self._done
         self._done = None
         if done is None:
             return
         latency_s = self._engine.time() - self._started
-        done(ProbeResult(ok=not reason, latency_s=latency_s, reason=reason, load=load))
+        done(ProbeResult(not reason, latency_s, reason, load, checker=fault, bug=bug))
 
     def _describe(self, exc: Exception) -> str:
         match exc:

@@ -78,7 +78,7 @@ class _Guarded:
         if not self.logged:
             log.error("probe of %s failed unexpectedly", self.label, exc_info=exc)
             self.logged = True
-        return ProbeResult(ok=False, latency_s=0.0, reason=f"probe error: {exc!r}")
+        return ProbeResult(ok=False, latency_s=0.0, reason=f"probe error: {exc!r}", bug=True)
 
 
 class _GuardedCallback(_Guarded):
@@ -107,4 +107,4 @@ class _Broken:
         self.reason = reason
 
     async def check(self) -> ProbeResult:
-        return ProbeResult(ok=False, latency_s=0.0, reason=self.reason)
+        return ProbeResult(ok=False, latency_s=0.0, reason=self.reason, bug=True)

@@ -8,7 +8,7 @@ import time
 
 from anycast_agent.config import TcpCheck
 from anycast_agent.model import ProbeResult
-from anycast_agent.probes.base import host_port, timeout_reason
+from anycast_agent.probes.base import checker_fault, host_port, timeout_reason
 
 
 class TcpProbe:
@@ -25,7 +25,7 @@ class TcpProbe:
     async def check(self) -> ProbeResult:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
-        reason = ""
+        reason, fault = "", None
         try:
             async with asyncio.timeout(self._timeout_s):
                 # A bare transport rather than open_connection: no stream objects to build.
@@ -38,7 +38,9 @@ class TcpProbe:
         except ConnectionRefusedError:
             reason = f"connect refused {self._where}"
         except socket.gaierror as exc:
-            reason = f"cannot resolve {self._host!r}: {exc.strerror}"
+            reason, fault = f"cannot resolve {self._host!r}: {exc.strerror}", checker_fault(exc)
         except OSError as exc:
             reason = f"connect to {self._where} failed: {exc.strerror or exc}"
-        return ProbeResult(ok=not reason, latency_s=time.monotonic() - start, reason=reason)
+            fault = checker_fault(exc)
+        latency_s = time.monotonic() - start
+        return ProbeResult(ok=not reason, latency_s=latency_s, reason=reason, checker=fault)

@@ -29,7 +29,7 @@ from anycast_agent.core.intents import POP, Drain, MedOverride
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
 from anycast_agent.core.spec import RampMode, TargetKind
 from anycast_agent.core.traffic import Phase
-from anycast_agent.model import NeighborState, RouteAttrs, TargetState
+from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -120,6 +120,10 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         "state_unreadable": False,
         "last_progress": time.monotonic(),
         "services": (web_svc, dns_svc),
+        "checker_faults": {**dict.fromkeys(CheckerFault, 0), CheckerFault.EMFILE: 1},
+        "canary_up": True,
+        "fd_limit": 1024,
+        "fd_needed": 70,
     }
     base.update(overrides)
     return Snapshot(**base)

@@ -399,6 +399,8 @@ async def test_status_shows_the_whole_snapshot(make_client: Any) -> None:
         "probes_failed": 2,
         "skipped_slots": 1,
         "transitions": 3,
+        "checker_fault": None,
+        "probe_bugs": 0,
     }
     assert web["routes"][0] == {
         "prefix": "192.0.2.10/32",
