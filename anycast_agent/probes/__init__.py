@@ -15,6 +15,7 @@ from anycast_agent.probes.dns import DnsProbe
 from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
 from anycast_agent.probes.http import USER_AGENT, HttpProbe, LeanHttpProbe, lean_capable
+from anycast_agent.probes.resolver import Resolver
 from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
 from anycast_agent.probes.tcp import TcpProbe
 
@@ -47,6 +48,7 @@ class ProbeFactory:
         self._lean: set[LeanHttpProbe] = set()
         self._exec_prefix: tuple[str, ...] = ()
         self._engine: Engine | None = None
+        self.resolver = Resolver()
 
     @property
     def engine(self) -> Engine:
@@ -57,7 +59,14 @@ class ProbeFactory:
 
     async def __aenter__(self) -> Self:
         self._engine = Engine()
-        connector = aiohttp.TCPConnector(force_close=True, limit=0, enable_cleanup_closed=False)
+        self.resolver = Resolver()
+        connector = aiohttp.TCPConnector(
+            force_close=True,
+            limit=0,
+            enable_cleanup_closed=False,
+            resolver=self.resolver,  # host names resolved off the probe path, kept on failure
+            use_dns_cache=False,  # the resolver keeps them
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(),  # each probe enforces its own deadline
@@ -82,6 +91,7 @@ class ProbeFactory:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.resolver.close()
 
     def release(self, probe: Probe) -> None:
         """A probe that will not run again (its target was reloaded away): free its sockets."""
@@ -103,7 +113,7 @@ class ProbeFactory:
                     return lean
                 return HttpProbe(check, timeout_s, self._session, self._tls(check))
             case TcpCheck():
-                return TcpProbe(check, timeout_s)
+                return TcpProbe(check, timeout_s, self.resolver)
             case ExecCheck():
                 if self._exec_env is None:
                     # Read once: nothing reads the environment or /proc after start.
