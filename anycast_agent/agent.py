@@ -33,6 +33,7 @@ from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.canary import canary_forever
+from anycast_agent.probes.resolver import Resolver
 from anycast_agent.probes.runner import probe_forever
 from anycast_agent.speaker import Speaker, learn
 from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent, StateEvent, render
@@ -92,7 +93,9 @@ class Agent:
         if self.control is not None and not await self.control.serve():
             self.control = None
         loop, code = asyncio.get_running_loop(), 0
-        async with asyncio.TaskGroup() as tg, ProbeFactory() as factory:
+        names = self.config.resolver
+        resolver = Resolver(refresh_s=names.refresh, deadline_s=names.deadline)
+        async with asyncio.TaskGroup() as tg, ProbeFactory(resolver) as factory:
             self._tg, self._factory = tg, factory
             # SIGHUP to the agent's own PID reloads (never to ExaBGP: it shuts down on SIGHUP).
             loop.add_signal_handler(

@@ -120,6 +120,22 @@ class Control(Strict):
         return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+class Resolving(Strict):
+    """Host-name targets: looked up in the background every `refresh`, each lookup given up
+    after `deadline`; the last good addresses stay in use when a lookup fails."""
+
+    refresh: Duration = 30.0
+    deadline: Duration = 2.0
+
+    @model_validator(mode="after")
+    def _positive(self) -> Resolving:
+        if self.refresh <= 0 or self.deadline <= 0:
+            raise ValueError(
+                f"refresh and deadline must be > 0, got {self.refresh:g}s, {self.deadline:g}s"
+            )
+        return self
+
+
 class Addresses(Strict):
     """The VIP gate: `check` withholds a prefix whose address is missing on `interface`;
     `manage` adds the address before announcing (and removes it on withdraw if asked)."""
@@ -268,6 +284,7 @@ class AgentConfig(BaseSettings):
     # as progress: the watchdog then fails the PoP closed, as for a hang (DESIGN §3.2a).
     checker_fault_max: Duration = 300.0
     canary: bool = True  # probe a loopback listener of the agent's own (DESIGN §3.2a)
+    resolver: Resolving = Resolving()
     # Deprecated (DESIGN §3.6): exit never withdraws. `false` is still accepted, because
     # configs and last-good copies in the field carry it; `true` is refused.
     withdraw_on_exit: bool | None = None

@@ -39,7 +39,7 @@ class ProbeFactory:
     one. IP-literal http:// checks get the lean client (`LeanHttpProbe`), the rest aiohttp.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: Resolver | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._verifying: ssl.SSLContext | None = None
         self._unverified: ssl.SSLContext | None = None
@@ -48,7 +48,7 @@ class ProbeFactory:
         self._lean: set[LeanHttpProbe] = set()
         self._exec_prefix: tuple[str, ...] = ()
         self._engine: Engine | None = None
-        self.resolver = Resolver()
+        self.resolver = resolver or Resolver()
 
     @property
     def engine(self) -> Engine:
@@ -59,7 +59,6 @@ class ProbeFactory:
 
     async def __aenter__(self) -> Self:
         self._engine = Engine()
-        self.resolver = Resolver()
         connector = aiohttp.TCPConnector(
             force_close=True,
             limit=0,

@@ -10,11 +10,21 @@ import time
 
 import pytest
 
-from tests.integration.agent_lab import FALL, INTERVAL_S, TIMEOUT_S, AgentLab, ServiceSpec
+from tests.chaos.lab_dns import DnsServer, netns_resolver
+from tests.integration.agent_lab import (
+    FALL,
+    INTERVAL_S,
+    TIMEOUT_S,
+    AgentLab,
+    ServiceSpec,
+    agent_config,
+)
 from tests.lab.fixtures import PopLabFactory
+from tests.lab.topology import PopLab
 from tests.lab.wait import assert_holds, wait_for
 
 WEB = "192.0.2.10/32"
+DNS = "192.0.2.53/32"
 SESSION = "pop0_v4"
 # Long enough for fall x interval + timeout several times over: a checker fault wrongly taken
 # for a target failure would have withdrawn the route within it.
@@ -36,8 +46,9 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def prlimit(pid: int, nofile: int) -> None:
-    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={nofile}:{nofile}"], check=True)
+def prlimit(pid: int, soft: int) -> None:
+    """Set the agent's soft open-file limit (the hard one stays, so it can be raised back)."""
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:"], check=True)
 
 
 @only_50
@@ -68,23 +79,30 @@ def test_fd_exhaustion_is_a_checker_fault_not_a_dead_pop(
 def test_a_local_output_drop_is_a_checker_fault_not_a_dead_pop(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
-    agent = start(pop_lab_factory, exabgp_version)
-    lab, bird = agent.lab, agent.lab.bird
+    # A DNS service: its checks are UDP, and an nft drop of the agent's own output makes
+    # sendto() fail with EPERM. (TCP gives no such signal: a dropped SYN is only retried and
+    # the connect times out, exactly like a dead edge; so does any drop on the input side.)
+    lab = pop_lab_factory(exabgp_version=exabgp_version)
+    DnsServer(lab.pop, lab.workdir, "203.0.113.11", 5353, {"www.lab.test": "203.0.113.80"})
+    dns = {"name": "ns1", "dns": {"server": "203.0.113.11", "port": 5353, "name": "www.lab.test"}}
+    agent = AgentLab(lab, [ServiceSpec("dns", [DNS], edges=[], extra={"targets": [dns]})])
+    agent.start()
+    bird = lab.bird
+    bird.wait_route(DNS, timeout_s=10)
+    agent.wait_log("announce 192.0.2.53/32")
     before = bird.import_counters(SESSION)
     mark = len(agent.log())
-    # The agent's own host drops its probes on the way out: connect() fails with EPERM. (A
-    # drop on the input side looks exactly like a dead edge, and is treated as one.)
     ruleset = lab.workdir / "chaos.nft"
     ruleset.write_text(
         "table inet chaos {\n"
         "  chain out { type filter hook output priority 0; policy accept;\n"
-        "    tcp dport 8080 drop\n  }\n}\n"
+        "    udp dport 5353 drop\n  }\n}\n"
     )
     lab.pop.run(["nft", "-f", str(ruleset)])
     try:
         agent.wait_log("checker fault EPERM", after=mark, timeout_s=5)
         assert_holds(
-            lambda: (bird.import_counters(SESSION), len(bird.route(WEB))),
+            lambda: (bird.import_counters(SESSION), len(bird.route(DNS))),
             lambda seen: seen == (before, 1),
             duration_s=BLIND_S,
             what="no UPDATE while the agent's own firewall drops its probes",
@@ -94,6 +112,52 @@ def test_a_local_output_drop_is_a_checker_fault_not_a_dead_pop(
     agent.wait_log("checker fault over: probing works again", after=mark, timeout_s=5)
     assert bird.import_counters(SESSION) == before
     print(f"\n[R15 EPERM] {BLIND_S}s of nft output drops: BIRD counters {before} unchanged")
+
+
+@only_50
+def test_a_silent_resolver_keeps_host_name_targets_on_their_last_addresses(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    # R19: the targets are host names; the PoP's resolver goes silent for longer than several
+    # refreshes. Probes go on to the last addresses: no UPDATE, and the loop never stalls.
+    lab = pop_lab_factory(exabgp_version=exabgp_version)
+    server = DnsServer(lab.pop, lab.workdir, "127.0.0.1", 53, {"edge1.lab.test": "203.0.113.11"})
+    targets = [{"name": "edge1", "http": {"url": "http://edge1.lab.test:8080/health"}}]
+    spec = ServiceSpec("web", [WEB], edges=[0], extra={"targets": targets})
+    with netns_resolver(lab.pop, "127.0.0.1"):
+        agent = AgentLab(lab, [spec])
+        config = agent_config(lab, [spec])
+        config["resolver"] = {"refresh": "500ms", "deadline": "300ms"}
+        agent.write_config(config)
+        agent.start()
+        lab.bird.wait_route(WEB, timeout_s=10)
+        agent.wait_log("announce 192.0.2.10/32")
+        before = lab.bird.import_counters(SESSION)
+        mark = len(agent.log())
+        server.pause()
+        try:
+            agent.wait_log("cannot resolve 'edge1.lab.test'", after=mark, timeout_s=5)
+            ages = []
+            deadline = time.monotonic() + BLIND_S
+            while time.monotonic() < deadline:
+                assert lab.bird.import_counters(SESSION) == before
+                assert len(lab.bird.route(WEB)) == 1
+                ages.append(progress_age(lab))
+                time.sleep(0.2)
+        finally:
+            server.resume()
+        agent.wait_log("resolving 'edge1.lab.test' works again", after=mark, timeout_s=5)
+    assert max(ages) < 1.0, ages
+    print(f"\n[R19] resolver silent {BLIND_S}s: no UPDATE, progress age at most {max(ages):.2f}s")
+
+
+def progress_age(lab: PopLab) -> float:
+    """The agent's own view of its loop: seconds since probing and deciding last progressed."""
+    out = lab.pop.run(["curl", "-sf", "http://127.0.0.1:9179/metrics"]).stdout
+    for line in out.splitlines():
+        if line.startswith("anycast_agent_last_progress_age_seconds "):
+            return float(line.split()[1])
+    raise AssertionError("no progress age in /metrics")
 
 
 @only_50
