@@ -8,12 +8,12 @@ EXABGP_42 ?= 4.2.25
 VENV := .venv
 VENV42 := .venv-exabgp42
 PY := $(VENV)/bin/python
-APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd
+APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd faketime
 
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit demo bench clean
+.PHONY: all deps venv lint test unit chaos demo bench clean
 
 all: test
 
@@ -56,6 +56,11 @@ unit: $(VENV)/.stamp
 
 test: deps venv lint
 	$(PY) -m pytest -q -rfEsP tests
+
+# The chaos suite alone (tests/chaos: faults of RELIABILITY.md against real daemons); `make
+# test` runs it too.
+chaos: deps venv
+	$(PY) -m pytest -q -rfEsP tests/chaos
 
 demo: deps venv
 	$(PY) -m tests.lab.demo

@@ -85,7 +85,9 @@ class AgentLab:
     def write_config(self, data: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    def start(self) -> Exabgp:
+    def start(self, agent_env: dict[str, str] | None = None) -> Exabgp:
+        """Start the edges and ExaBGP running the agent (`agent_env`: extra environment for
+        the agent process alone, e.g. libfaketime)."""
         for index in sorted({i for s in self.services for i in s.edges}):
             self.lab.start_edge(index)
         conf = self.lab.workdir / "exabgp-agent.conf"
@@ -99,7 +101,15 @@ class AgentLab:
                 "--config",
                 str(self.config_path),
                 "--agent",
-                f"{sys.executable} -m anycast_agent",
+                " ".join(
+                    [
+                        "/usr/bin/env",
+                        *(f"{k}={v}" for k, v in (agent_env or {}).items()),
+                        sys.executable,
+                        "-m",
+                        "anycast_agent",
+                    ]
+                ),
             ],
             capture_output=True,
             text=True,

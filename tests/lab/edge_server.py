@@ -3,7 +3,8 @@
 Run as `python3 edge_server.py --mode http --bind 203.0.113.11 --port 8080 --ready-file F
 [--control C] [--status 200]`; standalone (no package imports) so it starts in any namespace.
 The control file is JSON, re-read on every request:
-{"status": 500, "body": "...", "headers": {"X-Load": "0.9"}, "delay_s": 2.0}.
+{"status": 500, "body": "...", "headers": {"X-Load": "0.9"}, "delay_s": 2.0,
+"jitter_s": 0.2} (each answer waits delay_s +- up to jitter_s, uniformly).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import socket
 import sys
 import time
@@ -34,8 +36,10 @@ def _handler(args: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, with_body: bool) -> None:
             settings = _response(args)
-            if settings["delay_s"]:
-                time.sleep(float(settings["delay_s"]))
+            jitter = float(settings.get("jitter_s", 0))
+            delay = float(settings["delay_s"]) + random.uniform(-jitter, jitter)
+            if delay > 0:
+                time.sleep(delay)
             body = str(settings["body"]).encode()
             self.send_response(int(settings["status"]))
             for key, value in dict(settings["headers"]).items():

@@ -88,12 +88,19 @@ class EdgeServer:
         body: str = "ok\n",
         headers: dict[str, str] | None = None,
         delay_s: float = 0.0,
+        jitter_s: float = 0.0,
     ) -> None:
         """Change what every following request gets (atomic: no request sees half a file)."""
         tmp = self.control_path.with_suffix(".tmp")
         tmp.write_text(
             json.dumps(
-                {"status": status, "body": body, "headers": headers or {}, "delay_s": delay_s}
+                {
+                    "status": status,
+                    "body": body,
+                    "headers": headers or {},
+                    "delay_s": delay_s,
+                    "jitter_s": jitter_s,
+                }
             )
         )
         os.replace(tmp, self.control_path)
