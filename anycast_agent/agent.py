@@ -93,8 +93,7 @@ class Agent:
         if self.control is not None and not await self.control.serve():
             self.control = None
         loop, code = asyncio.get_running_loop(), 0
-        names = self.config.resolver
-        resolver = Resolver(refresh_s=names.refresh, deadline_s=names.deadline)
+        resolver = Resolver(**self.config.resolver.model_dump())
         async with asyncio.TaskGroup() as tg, ProbeFactory(resolver) as factory:
             self._tg, self._factory = tg, factory
             # SIGHUP to the agent's own PID reloads (never to ExaBGP: it shuts down on SIGHUP).

@@ -8,7 +8,7 @@ from typing import Annotated, TypeAlias
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from anycast_agent.config import parse_duration
-from anycast_agent.core.intents import RampAction
+from anycast_agent.core.intents import MAX_EXPIRY_S, RampAction
 from anycast_agent.model import MED_MAX
 
 
@@ -34,6 +34,8 @@ def _expiry(value: object) -> object:
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError(f"must be a positive duration like 30m or 45s, got {value!r}")
+    if seconds > MAX_EXPIRY_S:
+        raise ValueError(f"must be at most {MAX_EXPIRY_S / 86400:g} days, got {value!r}")
     return seconds
 
 

@@ -6,6 +6,9 @@ import enum
 from dataclasses import dataclass, field, replace
 
 POP = "*"  # the key of a PoP-wide drain
+# The furthest an operator's expiry may lie ahead: it is a wall-clock time (it outlives the
+# process), and a clock stepped far ahead must not make an intent last for years.
+MAX_EXPIRY_S = 30 * 86400.0
 
 
 class RampAction(enum.StrEnum):

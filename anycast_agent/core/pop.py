@@ -59,7 +59,6 @@ from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec
 from anycast_agent.core.traffic import Memory, Outcome, Phase, adopt, change_line, evaluate
 from anycast_agent.core.vips import VipGate
 from anycast_agent.model import (
-    CheckerFault,
     Family,
     NeighborState,
     ProbeResult,
@@ -388,19 +387,10 @@ class Pop:
         self.healthy[svc.name] = decision.healthy
         return outcome
 
-    def frozen_services(self) -> set[str]:
+    @property
+    def frozen(self) -> set[str]:
+        """The services whose health a checker fault holds."""
         return set(self._frozen)
-
-    def checker_faults(self) -> dict[CheckerFault, int]:
-        """How many targets each checker fault blinds now, plus netlink and the canary."""
-        counts = dict.fromkeys(CheckerFault, 0)
-        for records in self.targets.values():
-            for r in records:
-                if r.checker is not None:
-                    counts[r.checker] += 1
-        counts[CheckerFault.NETLINK] = int(bool(self.vips.problem))
-        counts[CheckerFault.CANARY] = int(self.canary is not None and not self.canary.ok)
-        return counts
 
     def _freeze(self, *services: str) -> None:
         """Keep what health says of these services now, until the checker sees again."""
@@ -438,6 +428,7 @@ class Pop:
         self.spec = spec
         self._records = {(s, r.spec.name): r for s, rs in self.targets.items() for r in rs}
         self.services = {s.name: s for s in spec.services}
+        self._frozen = {k: v for k, v in self._frozen.items() if k in self.services}
         self._allowed = {
             RouteKey(n.address, str(p))
             for s in spec.services

@@ -26,7 +26,7 @@ from anycast_agent.core.events import (
     SetMedRequest,
     UndrainRequest,
 )
-from anycast_agent.core.intents import POP, Drain, Intents, MedOverride, RampAction
+from anycast_agent.core.intents import MAX_EXPIRY_S, POP, Drain, Intents, MedOverride, RampAction
 from anycast_agent.core.spec import ServiceSpec
 from anycast_agent.core.traffic import Memory
 
@@ -49,7 +49,7 @@ def change(
         return Refusal(RefusalKind.UNKNOWN_SERVICE, f"no service named {key!r} is configured")
     what = "the PoP" if key == POP else repr(key)
     expires = getattr(request, "expires_in_s", None)
-    until = None if expires is None else at.wall + expires
+    until = None if expires is None else at.wall + min(expires, MAX_EXPIRY_S)
     match request:
         case DrainRequest(reason=reason, author=author):
             existing = i.drains.get(key)

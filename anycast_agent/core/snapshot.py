@@ -135,8 +135,20 @@ def _target(r: TargetRecord) -> TargetSnapshot:
     )
 
 
+def _checker_faults(pop: Pop) -> dict[CheckerFault, int]:
+    """How many targets each checker fault blinds now, plus netlink and the canary."""
+    counts = dict.fromkeys(CheckerFault, 0)
+    for records in pop.targets.values():
+        for r in records:
+            if r.checker is not None:
+                counts[r.checker] += 1
+    counts[CheckerFault.NETLINK] = int(bool(pop.vips.problem))
+    counts[CheckerFault.CANARY] = int(pop.canary is not None and not pop.canary.ok)
+    return counts
+
+
 def build_snapshot(pop: Pop) -> Snapshot:
-    held = pop.rib.held
+    held, frozen = pop.rib.held, pop.frozen
     services = []
     for svc in pop.spec.services:
         outcome = pop.outcomes.get(svc.name)
@@ -162,7 +174,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 med_override=pop.intents.meds.get(svc.name),
                 transitions=mem.transitions,
                 targets=tuple(_target(r) for r in pop.targets.get(svc.name, ())),
-                frozen=svc.name in pop.frozen_services(),
+                frozen=svc.name in frozen,
                 routes=tuple(
                     RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), held.get(k)) for k in keys
                 ),
@@ -182,7 +194,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
         state_unreadable=pop.state_unreadable,
         last_progress=pop.last_progress,
         services=tuple(services),
-        checker_faults=pop.checker_faults(),
+        checker_faults=_checker_faults(pop),
         canary_up=None if pop.canary is None else pop.canary.ok,
         fd_limit=pop.about.fd_limit,
         fd_needed=pop.about.fd_needed,

@@ -110,7 +110,7 @@ class ProbeFactory:
                     lean = LeanHttpProbe(check, timeout_s, self._session, self.engine)
                     self._lean.add(lean)
                     return lean
-                return HttpProbe(check, timeout_s, self._session, self._tls(check))
+                return HttpProbe(check, timeout_s, self._session, self._tls(check), self.resolver)
             case TcpCheck():
                 return TcpProbe(check, timeout_s, self.resolver)
             case ExecCheck():

@@ -30,6 +30,7 @@ from anycast_agent.probes.http_lean import (
     ServerClosed,
     build_request,
 )
+from anycast_agent.probes.resolver import Resolver, is_address
 
 # Enough for a health page or a status document; a probe must never buffer a whole download.
 BODY_LIMIT = 64 * 1024
@@ -78,8 +79,8 @@ class HttpProbe(_Judge):
     """GET or HEAD `check.url` through the shared aiohttp session (always a fresh connection):
     the path for HTTPS and host names. IP-literal http:// URLs go to `LeanHttpProbe`."""
 
-    __slots__ = ("_headers", "_method", "_server_hostname", "_session", "_ssl", "_timeout_s",
-                 "_url", "_where")  # fmt: skip
+    __slots__ = ("_headers", "_method", "_resolver", "_server_hostname", "_session", "_ssl",
+                 "_timeout_s", "_url", "_where")  # fmt: skip
 
     def __init__(
         self,
@@ -87,8 +88,10 @@ class HttpProbe(_Judge):
         timeout_s: float,
         session: aiohttp.ClientSession,
         ssl_context: ssl.SSLContext | None,
+        resolver: Resolver | None = None,
     ) -> None:
         super().__init__(check)
+        self._resolver = resolver
         self._session = session
         self._timeout_s = timeout_s
         self._method = check.method
@@ -101,6 +104,15 @@ class HttpProbe(_Judge):
     async def check(self) -> ProbeResult:
         start = time.monotonic()
         fault = None
+        host = self._url.raw_host or ""
+        if self._resolver is not None and not is_address(host):
+            # Known at once; a name never resolved waits the resolver's own deadline, outside
+            # the check's timeout, and fails as the checker's fault, never the target's.
+            try:
+                await self._resolver.addresses(host)
+            except OSError as exc:
+                why = f"cannot resolve {host!r}: {exc.strerror or exc}"
+                return ProbeResult(False, time.monotonic() - start, why, checker=checker_fault(exc))
         try:
             async with asyncio.timeout(self._timeout_s):
                 reason, load = await self._request()

@@ -43,12 +43,13 @@ class Resolver(AbstractResolver):
     def __init__(
         self,
         *,
-        refresh_s: float = REFRESH_S,
-        deadline_s: float = DEADLINE_S,
+        refresh: float = REFRESH_S,
+        deadline: float = DEADLINE_S,
         getaddrinfo: Lookup | None = None,
     ) -> None:
-        self.refresh_s = refresh_s
-        self.deadline_s = deadline_s
+        """`refresh` and `deadline` in seconds, as the config's `resolver` section has them."""
+        self.refresh_s = refresh
+        self.deadline_s = deadline
         self._getaddrinfo = getaddrinfo
         self._known: dict[str, list[tuple[int, str]]] = {}  # host -> [(family, address)]
         self._refreshing: dict[str, asyncio.Task[None]] = {}

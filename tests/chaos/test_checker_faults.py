@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.chaos.lab_dns import DnsServer, netns_resolver
+from tests.chaos.faults import SESSION, DnsServer, assert_no_update, netns_resolver, nft_output
 from tests.integration.agent_lab import (
     FALL,
     INTERVAL_S,
@@ -21,11 +21,10 @@ from tests.integration.agent_lab import (
 )
 from tests.lab.fixtures import PopLabFactory
 from tests.lab.topology import PopLab
-from tests.lab.wait import assert_holds, wait_for
+from tests.lab.wait import wait_for
 
 WEB = "192.0.2.10/32"
 DNS = "192.0.2.53/32"
-SESSION = "pop0_v4"
 # Long enough for fall x interval + timeout several times over: a checker fault wrongly taken
 # for a target failure would have withdrawn the route within it.
 BLIND_S = 3.0
@@ -63,12 +62,7 @@ def test_fd_exhaustion_is_a_checker_fault_not_a_dead_pop(
     # No room for one more descriptor: every probe's socket() fails with EMFILE.
     prlimit(pid, open_fds(pid))
     agent.wait_log("checker fault EMFILE", after=mark, timeout_s=5)
-    assert_holds(
-        lambda: (bird.import_counters(SESSION), len(bird.route(WEB))),
-        lambda seen: seen == (before, 1),
-        duration_s=BLIND_S,
-        what="no UPDATE while the agent has no file descriptors",
-    )
+    assert_no_update(bird, WEB, before, BLIND_S)
     prlimit(pid, 4096)
     agent.wait_log("checker fault over: probing works again", after=mark, timeout_s=5)
     assert bird.import_counters(SESSION) == before
@@ -92,23 +86,9 @@ def test_a_local_output_drop_is_a_checker_fault_not_a_dead_pop(
     agent.wait_log("announce 192.0.2.53/32")
     before = bird.import_counters(SESSION)
     mark = len(agent.log())
-    ruleset = lab.workdir / "chaos.nft"
-    ruleset.write_text(
-        "table inet chaos {\n"
-        "  chain out { type filter hook output priority 0; policy accept;\n"
-        "    udp dport 5353 drop\n  }\n}\n"
-    )
-    lab.pop.run(["nft", "-f", str(ruleset)])
-    try:
+    with nft_output(lab.pop, lab.workdir, "udp dport 5353 drop"):
         agent.wait_log("checker fault EPERM", after=mark, timeout_s=5)
-        assert_holds(
-            lambda: (bird.import_counters(SESSION), len(bird.route(DNS))),
-            lambda seen: seen == (before, 1),
-            duration_s=BLIND_S,
-            what="no UPDATE while the agent's own firewall drops its probes",
-        )
-    finally:
-        lab.pop.run(["nft", "delete", "table", "inet", "chaos"])
+        assert_no_update(bird, DNS, before, BLIND_S)
     agent.wait_log("checker fault over: probing works again", after=mark, timeout_s=5)
     assert bird.import_counters(SESSION) == before
     print(f"\n[R15 EPERM] {BLIND_S}s of nft output drops: BIRD counters {before} unchanged")

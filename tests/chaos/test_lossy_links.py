@@ -14,17 +14,18 @@ import time
 
 import pytest
 
+from tests.chaos.faults import SESSION, nft_output
 from tests.integration.agent_lab import AgentLab, ServiceSpec, agent_config
 from tests.lab.fixtures import PopLabFactory
 
 PAIR, SINGLE = "192.0.2.10/32", "192.0.2.20/32"
-SESSION = "pop0_v4"
 LOSS_S = float(os.environ.get("CHAOS_LOSS_S", "300"))
 
 only_50 = pytest.mark.parametrize("exabgp_version", ["5.0"])
 
 
 @only_50
+@pytest.mark.timeout(LOSS_S + 120)  # the measurement takes LOSS_S by design
 def test_false_withdraws_on_lossy_slow_links_are_counted(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
@@ -42,20 +43,14 @@ def test_false_withdraws_on_lossy_slow_links_are_counted(
     lab.bird.wait_route(SINGLE, timeout_s=15)
     before = lab.bird.import_counters(SESSION)
     mark = len(agent.log())
-    ruleset = lab.workdir / "lossy.nft"
-    ruleset.write_text(
-        "table inet lossy {\n"
-        "  chain out { type filter hook output priority 0; policy accept;\n"
-        "    tcp dport 8080 numgen random mod 100 < 20 drop\n"
-        "    tcp sport 8080 numgen random mod 100 < 20 drop\n  }\n}\n"
-    )
     for edge in lab.edges.values():
         edge.set_response(delay_s=0.3, jitter_s=0.2)
-    lab.pop.run(["nft", "-f", str(ruleset)])
-    try:
+    lossy = (
+        "tcp dport 8080 numgen random mod 100 < 20 drop",
+        "tcp sport 8080 numgen random mod 100 < 20 drop",
+    )
+    with nft_output(lab.pop, lab.workdir, *lossy):
         time.sleep(LOSS_S)  # the measurement itself: nothing to wait for but time
-    finally:
-        lab.pop.run(["nft", "delete", "table", "inet", "lossy"])
     log = agent.log()[mark:]
     withdraws = {p: len(re.findall(rf"withdraw {re.escape(p)} to", log)) for p in (PAIR, SINGLE)}
     unhealthy = len(re.findall(r" -> unhealthy", log))

@@ -15,16 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from anycast_agent.control.api import make_app
+from anycast_agent.core import events as e
 from anycast_agent.core.commands import Refusal
-from anycast_agent.core.events import (
-    AckResult,
-    ClearMedRequest,
-    DrainRequest,
-    OperatorRequest,
-    RampRequest,
-    SetMedRequest,
-    UndrainRequest,
-)
 from anycast_agent.core.intents import POP, Drain, MedOverride
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
 from anycast_agent.core.spec import RampMode, TargetKind
@@ -114,7 +106,7 @@ def make_snapshot(**overrides: Any) -> Snapshot:
             "198.51.100.3": NeighborState.DOWN,
         },
         "commands_sent": 12,
-        "commands_acked": {AckResult.DONE: 10, AckResult.ERROR: 1, AckResult.TIMEOUT: 1},
+        "commands_acked": {e.AckResult.DONE: 10, e.AckResult.ERROR: 1, e.AckResult.TIMEOUT: 1},
         "starts": 2,
         "last_good_fallback": False,
         "state_unreadable": False,
@@ -149,19 +141,19 @@ class FakeController:
         if self.block is not None:
             await self.block.wait()
 
-    async def submit(self, request: OperatorRequest) -> Refusal | None:
+    async def submit(self, request: e.OperatorRequest) -> Refusal | None:
         match request:
-            case DrainRequest(service=service, reason=reason, author=author):
+            case e.DrainRequest(service=service, reason=reason, author=author):
                 kw = {"reason": reason, "author": author, "expires_in_s": request.expires_in_s}
                 await self._record("drain", service, **kw)
-            case UndrainRequest(service=service, author=author):
+            case e.UndrainRequest(service=service, author=author):
                 await self._record("undrain", service, author=author)
-            case SetMedRequest(service=service, med=med, reason=reason, author=author):
+            case e.SetMedRequest(service=service, med=med, reason=reason, author=author):
                 kw = {"reason": reason, "author": author, "expires_in_s": request.expires_in_s}
                 await self._record("set_med", service, med, **kw)
-            case ClearMedRequest(service=service, author=author):
+            case e.ClearMedRequest(service=service, author=author):
                 await self._record("clear_med", service, author=author)
-            case RampRequest(service=service, action=action, author=author):
+            case e.RampRequest(service=service, action=action, author=author):
                 await self._record("ramp", service, action, author=author)
         return self.fail
 

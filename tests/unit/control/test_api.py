@@ -240,6 +240,7 @@ async def test_unknown_service_is_404_naming_it(client: Client) -> None:
         ({"med": 5, "reason": "x", "expires_in": "soon"}, "expires_in", "'soon'"),
         ({"med": 5, "reason": "x", "expires_in": -5}, "expires_in", "-5"),
         ({"med": 5, "reason": "x", "expires_in": 0}, "expires_in", "0"),
+        ({"med": 5, "reason": "x", "expires_in": "800h"}, "expires_in", "'800h'"),  # > 30 d
         ({"med": 5, "reason": "x", "author": "eve\r\n"}, "author", None),
         ({"med": 5, "reason": "x", "color": "red"}, "color", "'red'"),
     ],

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from anycast_agent.config import TcpCheck
+from anycast_agent.config import HttpCheck, TcpCheck
 from anycast_agent.model import CheckerFault
+from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.resolver import Resolver
 from anycast_agent.probes.tcp import TcpProbe
 
@@ -38,7 +39,7 @@ async def listener() -> tuple[asyncio.Server, int]:
 async def test_a_host_name_target_keeps_its_last_addresses_when_the_resolver_fails() -> None:
     server, port = await listener()
     dns = Dns()
-    resolver = Resolver(refresh_s=0.05, deadline_s=0.1, getaddrinfo=dns)
+    resolver = Resolver(refresh=0.05, deadline=0.1, getaddrinfo=dns)
     probe = TcpProbe(TcpCheck(host="edge1.lab.test", port=port), 0.5, resolver)
     try:
         assert (await probe.check()).ok
@@ -60,7 +61,7 @@ async def test_a_host_name_target_keeps_its_last_addresses_when_the_resolver_fai
 async def test_a_name_never_resolved_is_a_checker_fault_not_a_target_failure() -> None:
     dns = Dns()
     dns.answer = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-    resolver = Resolver(deadline_s=0.1, getaddrinfo=dns)
+    resolver = Resolver(deadline=0.1, getaddrinfo=dns)
     try:
         result = await TcpProbe(TcpCheck(host="edge9.lab.test", port=9), 0.5, resolver).check()
     finally:
@@ -72,7 +73,7 @@ async def test_a_name_never_resolved_is_a_checker_fault_not_a_target_failure() -
 async def test_a_silent_resolver_costs_a_first_check_its_deadline_only() -> None:
     dns = Dns()
     dns.answer = None
-    resolver = Resolver(deadline_s=0.1, getaddrinfo=dns)
+    resolver = Resolver(deadline=0.1, getaddrinfo=dns)
     loop = asyncio.get_running_loop()
     try:
         started = loop.time()
@@ -97,3 +98,12 @@ async def test_aiohttp_gets_the_kept_addresses() -> None:
             await resolver.resolve("edge1.lab.test", 8080, family=socket.AF_INET6)
     finally:
         await resolver.close()
+
+
+async def test_an_https_target_never_resolved_is_a_checker_fault() -> None:
+    dns = Dns()
+    dns.answer = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    async with ProbeFactory(Resolver(deadline=0.1, getaddrinfo=dns)) as factory:
+        probe = factory.build(HttpCheck(url="https://edge9.lab.test/health"), 0.5)
+        result = await probe.check()
+    assert not result.ok and result.checker is CheckerFault.RESOLVER

@@ -1,5 +1,6 @@
-"""The lab's DNS: a tiny authoritative server in the PoP namespace, and that namespace's
-resolv.conf pointing at it (`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf)."""
+"""Faults the chaos suite injects, and its one verdict: the lab's DNS server and resolv.conf
+(`ip netns exec` bind-mounts /etc/netns/NAME/resolv.conf), nft output rules, and "BIRD saw
+no UPDATE"."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.lab.bird import Bird
 from tests.lab.netns import Netns
-from tests.lab.wait import wait_for
+from tests.lab.wait import assert_holds, wait_for
+
+SESSION = "pop0_v4"
 
 SCRIPT = Path(__file__).resolve().parents[1] / "lab" / "dns_server.py"
 
@@ -47,3 +51,29 @@ def netns_resolver(netns: Netns, nameserver: str) -> Iterator[None]:
         yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def nft_output(netns: Netns, workdir: Path, *rules: str) -> Iterator[None]:
+    """nft rules on the namespace's output hook (what its own processes send) while inside."""
+    ruleset = workdir / "chaos.nft"
+    body = "".join(f"    {rule}\n" for rule in rules)
+    ruleset.write_text(
+        "table inet chaos {\n  chain out { type filter hook output priority 0; policy accept;\n"
+        f"{body}  }}\n}}\n"
+    )
+    netns.run(["nft", "-f", str(ruleset)])
+    try:
+        yield
+    finally:
+        netns.run(["nft", "delete", "table", "inet", "chaos"])
+
+
+def assert_no_update(bird: Bird, prefix: str, before: object, duration_s: float) -> None:
+    """For `duration_s`: BIRD's import counters stay `before` and it holds `prefix`."""
+    assert_holds(
+        lambda: (bird.import_counters(SESSION), len(bird.route(prefix))),
+        lambda seen: seen == (before, 1),
+        duration_s=duration_s,
+        what=f"no UPDATE and {prefix} held",
+    )
