@@ -23,6 +23,7 @@ from anycast_agent.config import AgentConfig, pop_spec, reloadable
 from anycast_agent.control.server import ControlServer
 from anycast_agent.core import commands as c
 from anycast_agent.core import events as e
+from anycast_agent.core.lifecycle import refusals
 from anycast_agent.core.pop import TICK_S, Pop
 from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec
@@ -80,12 +81,10 @@ class Agent:
     def now(self) -> e.Instant:
         return e.Instant(self.clock(), self.wall())
 
-    # -- lifecycle -----------------------------------------------------------------------------
-
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
         starts = 0 if self.dry_run else count_start(self.config.state_dir)
-        intents, unreadable = self.store.load_or_drain()
+        intents, unreadable = self.store.load_or_unreadable()
         about = About(__version__, self.wall(), starts, self.fallback, *fd_budget(self.config))
         self.pop = Pop(
             pop_spec(self.config), about, self.now(), intents, state_unreadable=unreadable
@@ -123,7 +122,6 @@ class Agent:
             loop.remove_signal_handler(signal.SIGHUP)
             for task in [*tasks, *self._probes.values()]:
                 task.cancel()
-        self._tg = self._factory = None
         if self.control is not None:
             await self.control.stop()
         self.notifier.stopping()
@@ -188,8 +186,6 @@ class Agent:
     async def _list_vips(self) -> None:
         await self._handle(e.VipsListed(self.now(), *await self.addresses.listing()))
 
-    # -- executing the core's commands ---------------------------------------------------------
-
     async def _handle(self, event: e.Event) -> None:
         await self._execute(self.pop.handle(event))
         self._poke()
@@ -208,15 +204,15 @@ class Agent:
                     pass
                 case c.StartProbe(service=service, target=target):
                     self._start_probe(service, target)
-                case c.StopProbe(service=service, target=name):
-                    task = self._probes.pop((service, name), None)
-                    if task is not None:
-                        task.cancel()
+                case c.StopProbe(service=service, target=name) if (service, name) in self._probes:
+                    self._probes.pop((service, name)).cancel()
                 case c.Persist(ticket=ticket, intents=intents):
                     error = "" if self.dry_run else self.store.save_or_error(intents)
                     await self._handle(e.Persisted(self.now(), ticket, error))
                 case c.Reply(ticket=ticket, refusal=refusal):
                     self._replies[ticket] = refusal
+                case c.StopProbe():
+                    pass  # not running (a reload before the start)
                 case c.Ready():
                     self.notifier.ready()
                 case c.Log(level=level, message=message):
@@ -244,10 +240,8 @@ class Agent:
         name, now = target.name, self.now
         probe = probe_forever(
             self._factory,
-            target.check,
-            interval_s=target.interval_s,
-            timeout_s=target.timeout_s,
-            label=f"{service}/{name}",
+            target,
+            f"{service}/{name}",
             on_result=lambda r: self._observe(e.ProbeObserved(now(), service, name, r)),
             on_skip=lambda n: self._observe(e.ProbeSkipped(now(), service, name, n)),
         )
@@ -278,18 +272,22 @@ class Agent:
         await self._handle(e.IntentSubmitted(self.now(), ticket, request))
         return self._replies.pop(ticket)
 
-    async def reload(self) -> list[str]:
-        """Validate the config file again and apply it as a diff; errors leave all unchanged."""
+    async def reload(self, allow_withdraw: bool = False) -> list[str]:
+        """Validate the config file again and apply it as a diff; errors leave all unchanged.
+        `allow_withdraw` confirms removing routes when more than half would go."""
         if self.config_path is None:
             return ["this agent was started without a config file path"]
         new = reloadable(self.config_path, self.config)
-        if isinstance(new, list):
-            return new
+        names = [] if isinstance(new, list) else [s.name for s in new.services]
+        problems = new if isinstance(new, list) else refusals(self.pop.intents, names)
+        if problems or isinstance(new, list):
+            log.error("reload refused, keeping the running config: %s", "; ".join(problems))
+            return problems
         if new.addresses.interface != self.config.addresses.interface:
             self.addresses = Addresses(new.addresses.interface)
         self.config, self.fallback = new, False
         self.config_text = self.config_path.read_bytes()
-        await self._handle(e.ConfigSwapped(self.now(), pop_spec(new)))
+        await self._handle(e.ConfigSwapped(self.now(), pop_spec(new), allow_withdraw))
         if not self.dry_run:
             save_last_good(new.state_dir, self.config_text)
         self.notifier.allow_periods(self.config.slowest_probe_s() + TICK_S)

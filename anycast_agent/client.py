@@ -32,7 +32,7 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-CLIENT_COMMANDS = frozenset({"status", "drain", "undrain", "med", "ramp", "reload"})
+CLIENT_COMMANDS = frozenset({"status", "drain", "undrain", "med", "ramp", "reload", "state"})
 
 
 class UsageError(Exception):
@@ -148,6 +148,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--reason", required=True, help="why (shown in status, kept in state)")
     p.add_argument("--expires", metavar="DURATION", help="undrain by itself after e.g. 30m")
     p.add_argument("--author", help="who asks (default: the token's identity)")
+    p.add_argument("--yes", action="store_true", help="do not ask before draining the PoP")
     _common(p)
 
     p = sub.add_parser("undrain", help="end a drain (the service ramps back)")
@@ -172,6 +173,17 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _common(p)
 
     p = sub.add_parser("reload", help="re-read the config; the agent keeps the old one on errors")
+    p.add_argument(
+        "--allow-withdraw",
+        action="store_true",
+        help="confirm removing routes the config drops when they are over half of the PoP's",
+    )
+    _common(p)
+
+    p = sub.add_parser("state", help="reset an unreadable state file (state reset --reason R)")
+    p.add_argument("action", choices=["reset"])
+    p.add_argument("--reason", required=True, help="why (logged: the reset is audited)")
+    p.add_argument("--author", help="who asks (default: the token's identity)")
     _common(p)
 
 
@@ -217,6 +229,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
             return "GET", "/v1/status", None
         case "drain":
             body = _intent_body(args, reason=args.reason, expires_in=args.expires)
+            if args.all and not args.yes and not _confirmed("Drain every service of this PoP?"):
+                raise UsageError("drain --all: not confirmed (--yes skips the question)")
             return "POST", _scope(args) + "/drain", body
         case "undrain":
             return "POST", _scope(args) + "/undrain", _intent_body(args)
@@ -241,7 +255,9 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
             path = f"/v1/services/{quote(args.service, safe='')}/ramp"
             return "POST", path, _intent_body(args, action=args.action)
         case "reload":
-            return "POST", "/v1/reload", {}
+            return "POST", "/v1/reload", {"allow_withdraw": True} if args.allow_withdraw else {}
+        case "state":
+            return "POST", "/v1/state/reset", _intent_body(args, reason=args.reason)
     raise UsageError(f"not a client command: {args.command!r}")
 
 
@@ -308,7 +324,16 @@ def _done(args: argparse.Namespace, body: Any) -> str:
             return f"ramp of {what}: {args.action}\n"
         case "reload":
             return "configuration reloaded\n"
+        case "state":
+            return "state reset: no intents; the services ramp back\n"
     return json.dumps(body) + "\n"
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on a terminal; without one (scripts, CI) there is no one to ask: go ahead."""
+    if not sys.stdin.isatty():
+        return True
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
 
 # --- status table -----------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Operator intents on disk (state_dir/state.json), written atomically with a previous copy kept."""
+"""Operator intents on disk (DESIGN §7): state_dir/state.json and the same content in
+state.json.prev, each written atomically, so either copy alone holds every accepted intent."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ FORMAT = 1
 
 
 class Unreadable(Exception):
-    """The state file and its previous copy exist but neither can be read."""
+    """No copy of the state file can be read, though one exists: "state unreadable"."""
 
 
 def encode(intents: Intents) -> bytes:
@@ -29,7 +31,11 @@ def encode(intents: Intents) -> bytes:
         "meds": [asdict(m) for m in intents.meds.values()],
         "ramp_holds": sorted(intents.ramp_holds),
     }
-    return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number this file may hold")
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -43,28 +49,40 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _checked(item: object, fields: tuple[str, ...]) -> dict[str, Any]:
-    """One drain or override, every field present and of its type (a hand-edited file that
-    parses but holds a string where a time belongs must not crash the agent later)."""
+    """One drain or override, every field present and of its exact type: a hand-edited file
+    that parses but holds a string where a time belongs is unreadable, never coerced."""
     if not isinstance(item, dict) or set(item) != set(fields):
         raise ValueError(f"expected the fields {sorted(fields)}, got {item!r}")
     for name in fields:
         value = item[name]
         if not isinstance(value, _TYPES[name]) or isinstance(value, bool):
             raise ValueError(f"{name}: {value!r} is not a {_TYPES[name][0].__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: {value!r} is not a finite time")
     if "med" in item and not 0 <= item["med"] <= 0xFFFFFFFF:
         raise ValueError(f"med: {item['med']!r} is outside 0..4294967295")
     return item
 
 
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
 def decode(raw: bytes) -> Intents:
-    data: Any = json.loads(raw)
+    data: Any = json.loads(raw, parse_constant=_no_constant)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not an anycast-agent state file of format {FORMAT}")
+    unknown = set(data) - {"format", "drains", "meds", "ramp_holds"}
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}")
     drain_fields = ("service", "reason", "author", "since", "expires")
     med_fields = ("service", "med", "reason", "author", "since", "expires")
-    drains = [Drain(**_checked(d, drain_fields)) for d in data.get("drains", [])]
-    meds = [MedOverride(**_checked(m, med_fields)) for m in data.get("meds", [])]
-    holds = data.get("ramp_holds", [])
+    drains = [Drain(**_checked(d, drain_fields)) for d in _list(data, "drains")]
+    meds = [MedOverride(**_checked(m, med_fields)) for m in _list(data, "meds")]
+    holds = _list(data, "ramp_holds")
     if not all(isinstance(h, str) for h in holds):
         raise ValueError("ramp_holds must be service names")
     return Intents(
@@ -80,13 +98,9 @@ class Store:
         self.previous = state_dir / PREVIOUS
 
     def load(self) -> Intents:
-        """The persisted intents; none on first boot; Unreadable when no copy can be read.
-
-        The previous copy stands in only for a current file that exists but cannot be read:
-        an operator who deletes state.json to reset the intents gets no intents.
-        """
-        if not self.path.exists():
-            return Intents()
+        """The persisted intents: from state.json, else from state.json.prev (missing or
+        unreadable alike); none when neither exists (first boot); Unreadable when a copy
+        exists and none can be read."""
         problems = []
         for path in (self.path, self.previous):
             try:
@@ -94,30 +108,27 @@ class Store:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                problems.append(f"{path}: {exc.strerror}")
+                problems.append(f"{path}: {exc.strerror or exc}")
                 continue
             try:
                 intents = decode(raw)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, UnicodeDecodeError) as exc:
                 problems.append(f"{path}: {exc}")
                 continue
-            if problems:
-                log.error("state file unreadable, using the previous copy: %s", "; ".join(problems))
+            if path == self.previous:
+                why = "; ".join(problems) or f"{self.path} is missing"
+                log.error("state file unreadable (%s): using its copy %s", why, self.previous)
             return intents
         if problems:
             raise Unreadable("; ".join(problems))
         return Intents()
 
     def save(self, intents: Intents) -> None:
-        """Keep the current file as the previous copy (if it reads), then write the new one."""
-        try:
-            current = self.path.read_bytes()
-            decode(current)
-        except (OSError, ValueError, TypeError):
-            pass
-        else:
-            atomic_write(self.previous, current)
-        atomic_write(self.path, encode(intents))
+        """Both copies, one after the other, each atomically: a crash at any point leaves at
+        least one copy holding either the old or the new intents, whole."""
+        data = encode(intents)
+        atomic_write(self.path, data)
+        atomic_write(self.previous, data)
 
     def save_or_error(self, intents: Intents) -> str:
         """`save`, answering "" when the intents are on disk, else why not."""
@@ -127,14 +138,17 @@ class Store:
             return f"{self.path}: {exc.strerror or exc}"
         return ""
 
-    def load_or_drain(self) -> tuple[Intents, bool]:
-        """The persisted intents, logged; (no intents, True) when no copy can be read: the
-        core then starts with the whole PoP drained ("state unreadable")."""
+    def load_or_unreadable(self) -> tuple[Intents, str]:
+        """The persisted intents, logged; (no intents, why) when no copy can be read."""
         try:
             intents = self.load()
         except Unreadable as exc:
-            log.critical("%s: every service starts drained (state unreadable)", exc)
-            return Intents(), True
+            log.critical(
+                "state unreadable (%s): keeping what ExaBGP holds, de-preferred, announcing "
+                "nothing new, until `anycast-agent state reset --reason ...`",
+                exc,
+            )
+            return Intents(), str(exc)
         if intents.drains or intents.meds:
             log.info(
                 "operator intents: %s",
@@ -143,4 +157,4 @@ class Store:
                     + [f"med {m.service}={m.med}" for m in intents.meds.values()]
                 ),
             )
-        return intents, False
+        return intents, ""

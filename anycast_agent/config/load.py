@@ -88,16 +88,11 @@ def deprecations(config: AgentConfig) -> list[str]:
 
 def reloadable(path: Path, running: AgentConfig) -> AgentConfig | list[str]:
     """The config at `path` if it may replace `running` while the agent runs; else every
-    reason it may not (logged), and nothing changes."""
+    reason it may not."""
     try:
         new = load_config(path)
     except ConfigError as exc:
-        log.error("reload refused, keeping the running config: %s", exc)
         return exc.problems
     for warning in deprecations(new):
         log.warning("%s: %s", path, warning)
-    fixed = frozen_keys_changed(running, new)
-    if fixed:
-        log.error("reload refused, keeping the running config: %s", "; ".join(fixed))
-        return fixed
-    return new
+    return frozen_keys_changed(running, new) or new

@@ -97,4 +97,6 @@ def pop_spec(config: AgentConfig) -> PopSpec:
         vip_interface=config.addresses.interface,
         remove_vip_on_withdraw=config.addresses.remove_on_withdraw,
         checker_fault_max_s=config.checker_fault_max,
+        local_as=config.bgp.local_as,
+        drain_grace_s=config.defaults.drain_grace,
     )

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from anycast_agent.control import metrics
 from anycast_agent.control.auth import ApiError, authenticate, error_response
-from anycast_agent.control.bodies import Body, DrainBody, MedBody, RampBody, ReloadBody
+from anycast_agent.control.bodies import Body, DrainBody, MedBody, RampBody, ReloadBody, ResetBody
 from anycast_agent.control.status import status_json
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.events import (
@@ -29,6 +29,7 @@ from anycast_agent.core.events import (
     OperatorRequest,
     RampRequest,
     SetMedRequest,
+    StateResetRequest,
     UndrainRequest,
 )
 from anycast_agent.core.snapshot import Snapshot
@@ -49,7 +50,7 @@ class Controller(Protocol):
 
     async def submit(self, request: OperatorRequest) -> Refusal | None: ...
 
-    async def reload(self) -> list[str]:
+    async def reload(self, allow_withdraw: bool = False) -> list[str]:
         """[] when the new config was applied; else its errors, and nothing changed."""
         ...
 
@@ -140,8 +141,12 @@ async def _ramp(c: Controller, call: Call[RampBody]) -> JSON:
     return await _submit(c, RampRequest(call.service, action, call.author), {"ramp": action.value})
 
 
+async def _state_reset(c: Controller, call: Call[ResetBody]) -> JSON:
+    return await _submit(c, StateResetRequest(call.body.reason, call.author), {"reset": True})
+
+
 async def _reload(c: Controller, call: Call[ReloadBody]) -> JSON:
-    errors = await c.reload()
+    errors = await c.reload(call.body.allow_withdraw)
     if errors:
         raise ApiError(422, "the new configuration is invalid; nothing changed", errors)
     return {"applied": True}
@@ -158,6 +163,7 @@ MUTATIONS: tuple[Mutation[Any], ...] = (
     Mutation("drain-pop", "POST", "/v1/drain", DrainBody, _drain),
     Mutation("undrain-pop", "POST", "/v1/undrain", Body, _undrain),
     Mutation("reload", "POST", "/v1/reload", ReloadBody, _reload),
+    Mutation("state-reset", "POST", "/v1/state/reset", ResetBody, _state_reset),
 )
 
 

@@ -74,3 +74,10 @@ class RampBody(Body):
 
 class ReloadBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Confirms removing routes the new config drops when they are more than half of the PoP's.
+    allow_withdraw: Annotated[bool, Field(strict=True)] = False
+
+
+class ResetBody(Body):
+    reason: Reason

@@ -111,6 +111,19 @@ class SnapshotCollector(Collector):
         for address, state in sorted(snap.neighbors.items()):
             neighbor_up.add_metric([address], 1.0 if state is NeighborState.ESTABLISHED else 0.0)
         yield neighbor_up
+        writes = _c(
+            "state_write_errors",
+            "State file writes that failed (the operator change they carried was refused).",
+        )
+        writes.add_metric([], snap.state_write_errors)
+        yield writes
+        held = _g(
+            "removal_held_routes",
+            "Routes the config no longer lists, all held back: more than half of what ExaBGP "
+            "holds would go (`anycast-agent reload --allow-withdraw` confirms).",
+        )
+        held.add_metric([], snap.removal_held)
+        yield held
         sent = _c("commands_sent", "Route commands written to ExaBGP.")
         sent.add_metric([], snap.commands_sent)
         yield sent

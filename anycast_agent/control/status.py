@@ -117,6 +117,8 @@ def status_json(snap: Snapshot, wall_now: float) -> JSON:
         "state_unreadable": snap.state_unreadable,
         "checker_faults": {k.value: n for k, n in snap.checker_faults.items() if n},
         "canary_up": snap.canary_up,
+        "state_write_errors": snap.state_write_errors,
+        "removal_held": snap.removal_held,
         "fd_limit": snap.fd_limit,
         "fd_needed": snap.fd_needed,
         "services": [_service_json(s, snap, wall_now) for s in snap.services],

@@ -141,7 +141,23 @@ class RampRequest:
     author: str
 
 
-OperatorRequest = DrainRequest | UndrainRequest | SetMedRequest | ClearMedRequest | RampRequest
+@dataclass(frozen=True, slots=True)
+class StateResetRequest:
+    """`anycast-agent state reset`: the unreadable state file is replaced by no intents."""
+
+    reason: str
+    author: str
+    service: None = None  # a PoP-wide request
+
+
+OperatorRequest = (
+    DrainRequest
+    | UndrainRequest
+    | SetMedRequest
+    | ClearMedRequest
+    | RampRequest
+    | StateResetRequest
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +184,7 @@ class ConfigSwapped:
 
     at: Instant
     spec: PopSpec = field(compare=False)
+    allow_withdraw: bool = False  # the operator confirms removing more than half the routes
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,6 @@ from anycast_agent.core.commands import (
     Ready,
     RemoveVip,
     RouteCommand,
-    StartProbe,
     Withdraw,
     describe,
     error,
@@ -49,14 +48,22 @@ from anycast_agent.core.events import (
     VipsListed,
 )
 from anycast_agent.core.health import TargetRecord, capacity
-from anycast_agent.core.intents import POP, Drain, Intents
+from anycast_agent.core.intents import POP, Intents
+from anycast_agent.core.lifecycle import swapped, synced
+from anycast_agent.core.orphans import Orphans
 from anycast_agent.core.policy import Decision, decide
-from anycast_agent.core.reload import swapped
 from anycast_agent.core.requests import Pending, persisted, submitted
 from anycast_agent.core.rib import Rib
 from anycast_agent.core.snapshot import About, Snapshot, build_snapshot
 from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec
-from anycast_agent.core.traffic import Memory, Outcome, Phase, adopt, change_line, evaluate
+from anycast_agent.core.traffic import (
+    Memory,
+    Outcome,
+    Phase,
+    change_line,
+    evaluate,
+    held_only,
+)
 from anycast_agent.core.vips import VipGate
 from anycast_agent.model import (
     Family,
@@ -75,7 +82,6 @@ TICK_S = 0.25
 SWEEP_S = 1.0
 # Phases that end a ramp, and with it any operator hold on it.
 _RAMP_ENDED = frozenset({Phase.DOWN, Phase.DRAINED, Phase.SUPPRESSED})
-STATE_UNREADABLE = "state unreadable"
 
 
 class Pop:
@@ -86,14 +92,13 @@ class Pop:
         started: Instant,
         intents: Intents | None = None,
         *,
-        state_unreadable: bool = False,
+        state_unreadable: str = "",
     ) -> None:
         self.spec = spec
         self.about = about
+        # Why no copy of the state file could be read ("" when one could): until an operator
+        # resets it, what ExaBGP holds stays de-preferred and nothing changes (DESIGN §7).
         self.state_unreadable = state_unreadable
-        if state_unreadable:
-            drain = Drain(POP, STATE_UNREADABLE, "anycast-agent", since=started.wall)
-            intents = Intents(drains={POP: drain})
         self.intents = intents or Intents()
         self.rib = Rib()
         self.neighbors: dict[str, NeighborState] = {}
@@ -106,6 +111,7 @@ class Pop:
         self.acked: dict[AckResult, int] = {}
         self.synced = False
         self.pending: Pending | None = None  # an operator request being written
+        self.write_errors = 0  # Persist commands that failed
         self._stale: set[str] | None = None  # services with news; None: every service
         self._news_at = started.mono
         self._next_sweep = 0.0
@@ -113,6 +119,7 @@ class Pop:
         self._timers: float | None = None
         self._last_probe = self._last_decide = started.mono
         self.vips = VipGate(spec.addresses, spec.vip_interface)
+        self.orphans = Orphans()
         self.canary: ProbeResult | None = None  # the last check of the agent's own canary
         self._frozen: dict[str, tuple[Decision, int, float | None]] = {}
         self._drained_at: dict[str, float] = {}
@@ -135,7 +142,7 @@ class Pop:
             case Tick(at=at):
                 out = self._step(at)
             case Synced():
-                out = self._sync(event)
+                out = synced(self, event)
             case CommandAcked():
                 out = self._acked(event)
             case NeighborChanged(neighbor=peer, state=state, reason=reason):
@@ -233,25 +240,6 @@ class Pop:
     def _record(self, service: str, target: str) -> TargetRecord | None:
         return self._records.get((service, target))
 
-    def _sync(self, event: Synced) -> list[Command]:
-        self.synced = True
-        self.neighbors = {n.address: NeighborState.DOWN for n in self.spec.neighbors}
-        self.neighbors.update(event.neighbors)
-        self.rib.held = dict(event.held)
-        for svc in self.spec.services:
-            self.memory[svc.name] = adopt(svc, event.held, event.at.mono)
-        adopted = [s for s, m in self.memory.items() if m.was_up]
-        sessions = ", ".join(f"{a} {s}" for a, s in sorted(self.neighbors.items()))
-        fallback = " — RUNNING THE LAST-GOOD CONFIG" if self.about.last_good_fallback else ""
-        self.news(event.at)
-        return [
-            info(
-                f"start {self.about.starts}: ExaBGP holds {len(event.held)} routes (adopted: "
-                f"{', '.join(adopted) or 'none'}); sessions: {sessions or 'none'}{fallback}"
-            ),
-            *(StartProbe(s.name, t) for s in self.spec.services for t in s.targets),
-        ]
-
     def _acked(self, event: CommandAcked) -> list[Command]:
         command, now = event.command, event.at.mono
         self.acked[event.result] = self.acked.get(event.result, 0) + 1
@@ -325,12 +313,18 @@ class Pop:
             if key.prefix in self.vips.withheld:
                 wanted[key] = None
                 causes[key.prefix] = f"address of {key.prefix} missing on {self.spec.vip_interface}"
-        for command in self.rib.plan(wanted, self._allowed, now, causes):
+        spec = self.spec
+        gone, orphans_wake = self.orphans.wanted(
+            self.rib.held, now, spec.local_as, spec.drain_grace_s
+        )
+        for key in gone:
+            causes.setdefault(key.prefix, f"{key.prefix} left the config: drained out")
+        wanted.update(gone)
+        for command in self.rib.plan(wanted, self.mapped, now, causes):
             out += self._route(command, now)
         self.vips.expire(now)
-        self._timers = min(
-            (o.wake_at for o in self.outcomes.values() if o.wake_at is not None), default=None
-        )
+        wakes = [o.wake_at for o in self.outcomes.values() if o.wake_at is not None]
+        self._timers = min((*wakes, *([orphans_wake] if orphans_wake else [])), default=None)
         if not self.ready and all(o.phase is not Phase.UNKNOWN for o in self.outcomes.values()):
             self.ready = True
             out += [info("ready: every service decided"), Ready()]
@@ -373,6 +367,9 @@ class Pop:
         if faults:
             why = f"; health frozen: checker fault ({', '.join(faults)})"
             outcome = replace(outcome, reason=outcome.reason + why)
+        if self.state_unreadable:
+            why = f"state unreadable, held de-preferred until `state reset`: {decision.reason}"
+            outcome = held_only(svc, outcome, self.rib.held.keys(), why)
         self.memory[svc.name] = mem
         if held and outcome.phase in _RAMP_ENDED:
             self.intents = replace(self.intents, ramp_holds=self.intents.ramp_holds - {svc.name})
@@ -429,7 +426,7 @@ class Pop:
         self._records = {(s, r.spec.name): r for s, rs in self.targets.items() for r in rs}
         self.services = {s.name: s for s in spec.services}
         self._frozen = {k: v for k, v in self._frozen.items() if k in self.services}
-        self._allowed = {
+        self.mapped = {
             RouteKey(n.address, str(p))
             for s in spec.services
             for n in s.neighbors

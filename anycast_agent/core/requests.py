@@ -24,6 +24,7 @@ from anycast_agent.core.events import (
     Persisted,
     RampRequest,
     SetMedRequest,
+    StateResetRequest,
     UndrainRequest,
 )
 from anycast_agent.core.intents import MAX_EXPIRY_S, POP, Drain, Intents, MedOverride, RampAction
@@ -40,10 +41,21 @@ def change(
     at: Instant,
     services: Mapping[str, ServiceSpec],
     memory: Mapping[str, Memory],
+    unreadable: str = "",
 ) -> Intents | Refusal:
     """The intents after `request` (the same object's equal when nothing is to be written),
     or why it cannot apply."""
     i = intents
+    if isinstance(request, StateResetRequest):
+        if not unreadable:
+            return Refusal(RefusalKind.CONFLICT, "the state file reads fine: nothing to reset")
+        return Intents()
+    if unreadable:
+        return Refusal(
+            RefusalKind.CONFLICT,
+            f"state unreadable ({unreadable}): nothing changes until "
+            "`anycast-agent state reset --reason ...` (what ExaBGP holds stays de-preferred)",
+        )
     key = POP if request.service is None else request.service
     if key != POP and key not in services:
         return Refusal(RefusalKind.UNKNOWN_SERVICE, f"no service named {key!r} is configured")
@@ -69,6 +81,8 @@ def change(
             if key not in i.meds:
                 return Refusal(RefusalKind.CONFLICT, f"service {key!r} has no MED override")
             return replace(i, meds={k: m for k, m in i.meds.items() if k != key})
+        case StateResetRequest():  # pragma: no cover - answered above
+            return Intents()
         case RampRequest(action=action):
             mem = memory.get(key, Memory())
             last = len(services[key].policy.stages) - 1
@@ -102,6 +116,8 @@ def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Me
             return f"MED override {scope}={med} by {author}: {reason}", mem
         case ClearMedRequest(author=author):
             return f"MED override of {scope} cleared by {author}", mem
+        case StateResetRequest(reason=reason, author=author):
+            return f"state reset by {author}: {reason} (no intents; services ramp back)", mem
         case RampRequest(service=name, action=action, author=author):
             line = f"ramp {name} {action} by {author}"
             if action is RampAction.ADVANCE:
@@ -127,7 +143,9 @@ def submitted(pop: Pop, event: IntentSubmitted) -> list[Command]:
     if pop.pending is not None:
         refusal = Refusal(RefusalKind.BUSY, "another operator change is being saved; retry")
         return [Reply(event.ticket, refusal)]
-    changed = change(pop.intents, event.request, event.at, pop.services, pop.memory)
+    changed = change(
+        pop.intents, event.request, event.at, pop.services, pop.memory, pop.state_unreadable
+    )
     if isinstance(changed, Refusal):
         return [Reply(event.ticket, changed)]
     if changed == pop.intents:  # nothing to write (a ramp advance, a repeated request)
@@ -139,6 +157,7 @@ def submitted(pop: Pop, event: IntentSubmitted) -> list[Command]:
 def persisted(pop: Pop, event: Persisted) -> list[Command]:
     """A write's answer: the pending request applies, or is refused and changes nothing."""
     pending = pop.pending
+    pop.write_errors += bool(event.error)
     if event.ticket is None or pending is None or pending.ticket != event.ticket:
         if event.error:
             return [error(f"cannot persist operator intents: {event.error}")]
@@ -155,8 +174,10 @@ def _accept(
 ) -> list[Command]:
     pop.intents = intents
     pop.track_drains(at)
-    if isinstance(request, UndrainRequest) and request.service is None:
-        pop.state_unreadable = False  # the operator has seen the PoP drained and lifts it
+    if isinstance(request, StateResetRequest):
+        pop.state_unreadable = ""
+        # What ExaBGP holds was de-preferred: coming back is a re-announce, so it ramps.
+        pop.memory = {k: replace(m, was_up=False) for k, m in pop.memory.items()}
     line, mem = applied(request, pop.memory.get(request.service or "", Memory()), at)
     if isinstance(request, RampRequest):
         pop.memory[request.service] = mem

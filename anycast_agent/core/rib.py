@@ -39,7 +39,7 @@ class Rib:
         """Commands that move ExaBGP from `held` to `wanted`.
 
         `allowed` is every (neighbor, prefix) the config maps a service to: a held route
-        outside it (prefix removed, neighbor dropped from the service, wrong family) is
+        outside it and outside `wanted` (the core drains those out through `wanted`) is
         withdrawn at once. Routes absent from `wanted` (service still unknown) stay as held.
         `causes` maps a prefix to the reason logged with its command.
         """
@@ -48,7 +48,7 @@ class Rib:
             del self.blocked[key]  # a past refusal no longer holds anything back
         commands: list[RouteCommand] = []
         for key in sorted(self.held):
-            if key not in allowed:
+            if key not in allowed and key not in wanted:
                 commands.append(Withdraw(key, "no longer configured for this neighbor"))
             elif key in wanted and wanted[key] is None:
                 commands.append(Withdraw(key, causes.get(key.prefix, "service down")))

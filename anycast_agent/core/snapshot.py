@@ -108,6 +108,8 @@ class Snapshot:
     last_progress: float  # monotonic time of the last probe-loop/decision progress
     services: tuple[ServiceSnapshot, ...]
     checker_faults: dict[CheckerFault, int] = field(default_factory=dict)  # how many now
+    state_write_errors: int = 0
+    removal_held: int = 0  # routes the config dropped, held back until --allow-withdraw
     canary_up: bool | None = None  # None: no canary (or no check of it yet)
     fd_limit: int = 0
     fd_needed: int = 0
@@ -191,10 +193,12 @@ def build_snapshot(pop: Pop) -> Snapshot:
         commands_acked=dict(pop.acked),
         starts=pop.about.starts,
         last_good_fallback=pop.about.last_good_fallback,
-        state_unreadable=pop.state_unreadable,
+        state_unreadable=bool(pop.state_unreadable),
         last_progress=pop.last_progress,
         services=tuple(services),
         checker_faults=_checker_faults(pop),
+        state_write_errors=pop.write_errors,
+        removal_held=len(pop.orphans.since) if pop.orphans.held_back else 0,
         canary_up=None if pop.canary is None else pop.canary.ok,
         fd_limit=pop.about.fd_limit,
         fd_needed=pop.about.fd_needed,

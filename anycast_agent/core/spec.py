@@ -105,3 +105,5 @@ class PopSpec:
     remove_vip_on_withdraw: bool = False
     # How long checker faults may hide every target before they stop counting as progress.
     checker_fault_max_s: float = 300.0
+    local_as: int = 0  # for the de-preferred AS path of routes drained out of the config
+    drain_grace_s: float = 30.0  # how long they are de-preferred before the withdraw

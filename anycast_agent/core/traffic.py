@@ -31,6 +31,7 @@ class Phase(enum.StrEnum):
     SUPPRESSED = "suppressed"  # flap damping keeps it withdrawn
     DRAINING = "draining"  # de-preferred, withdraw after drain_grace
     DRAINED = "drained"  # withdrawn by the operator
+    HELD = "held"  # state unreadable: what ExaBGP holds stays, de-preferred; nothing new
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,30 @@ class Outcome:
 def sort_communities(communities: tuple[str, ...]) -> tuple[str, ...]:
     # ExaBGP lists communities sorted; sorting ours too lets a respawn compare like with like.
     return tuple(sorted(set(communities), key=lambda c: tuple(int(x) for x in c.split(":"))))
+
+
+def drained_attrs(service: ServiceSpec) -> RouteAttrs:
+    """A de-preferred route (DESIGN §3.5): MED 4294967294, the local AS four times, and the
+    GRACEFUL_SHUTDOWN community."""
+    return RouteAttrs(
+        med=MED_DRAIN,
+        as_path=(service.policy.local_as,) * DRAIN_PATH_LENGTH,
+        communities=sort_communities((*service.communities, GRACEFUL_SHUTDOWN)),
+    )
+
+
+def held_only(service: ServiceSpec, out: Outcome, held: Collection[RouteKey], why: str) -> Outcome:
+    """State unreadable (DESIGN §7): the service's routes ExaBGP holds stay, de-preferred, and
+    nothing new is announced, whatever intents the lost file may have held. Health may still
+    withdraw (a DOWN outcome is left as it is): the file never does."""
+    if out.phase is Phase.DOWN:
+        return out
+    attrs = drained_attrs(service)
+    routes = {k: (attrs if k in held else None) for k in _routes(service, None)}
+    stage = 100 if any(routes.values()) else 0
+    return replace(
+        out, phase=Phase.HELD, reason=why, stage_percent=stage, med=MED_DRAIN, wanted=routes
+    )
 
 
 def computed_med(service: ServiceSpec, decision: Decision, lost: int, load: float | None) -> int:
@@ -255,11 +280,7 @@ def evaluate(
             return outcome(mem, Phase.UNKNOWN, f"{why}; {decision.reason}", 0, None, {})
         if left > 0 and raw is ServiceStatus.UP and not mem.damping.suppressed:
             wakes.append(now + left)
-            attrs = RouteAttrs(
-                med=MED_DRAIN,
-                as_path=(policy.local_as,) * DRAIN_PATH_LENGTH,
-                communities=sort_communities((*communities, GRACEFUL_SHUTDOWN)),
-            )
+            attrs = drained_attrs(service)
             # Only what is announced now is de-preferred: a drain never announces anything new.
             routes = {k: (attrs if k in held else None) for k in withdrawn}
             return outcome(

@@ -9,6 +9,7 @@ import random
 from collections.abc import Callable
 
 from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
+from anycast_agent.core.spec import TargetSpec
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.base import CallbackProbe, Probe, is_callback_probe
@@ -21,15 +22,14 @@ CHECKS = (HttpCheck, TcpCheck, ExecCheck, DnsCheck)
 
 async def probe_forever(
     factory: ProbeFactory,
-    check: object,
-    *,
-    interval_s: float,
-    timeout_s: float,
+    target: TargetSpec,
     label: str,
+    *,
     on_result: Callable[[ProbeResult], None],
     on_skip: Callable[[int], None],
 ) -> None:
-    """Probe `check` every `interval_s` until cancelled, reporting each result."""
+    """Probe `target` every interval until cancelled, reporting each result."""
+    check, interval_s, timeout_s = target.check, target.interval_s, target.timeout_s
     try:
         if not isinstance(check, CHECKS):
             raise TypeError(f"not a check: {check!r}")

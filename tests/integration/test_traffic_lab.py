@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -258,7 +259,7 @@ def test_drain_persisted_survives_kill9(
 
 
 @only_50
-def test_corrupted_state_drains_everything_without_crash_loop(
+def test_unreadable_state_announces_nothing_new_until_a_reset_without_crash_loop(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
     agent = AgentLab(
@@ -270,18 +271,22 @@ def test_corrupted_state_drains_everything_without_crash_loop(
     (state / "state.json").write_text("{ not json")
     (state / "state.json.prev").write_bytes(b"\x00\xff garbage")
     agent.start()
-    agent.wait_log("every service starts drained (state unreadable)")
+    agent.wait_log("state unreadable (")
     pid = agent.agent_pid()
-    agent.wait_log("service web unknown -> drain")
+    agent.wait_log("service web unknown -> held")
     assert_holds(
-        agent.agent_pids,
-        lambda p: p == [pid],
+        lambda: (agent.agent_pids(), agent.lab.bird.route(WEB)),
+        lambda seen: seen == ([pid], []),
         duration_s=1.5,
-        what="the agent stays up (no crash loop)",
+        what="the agent stays up (no crash loop) and announces nothing new",
     )
-    assert not agent.lab.bird.route(WEB) or agent.lab.bird.route(WEB)[0].med == 4294967294
     metrics = agent.lab.pop.run(["curl", "-sf", "http://127.0.0.1:9179/metrics"]).stdout
     assert "anycast_agent_state_unreadable 1.0" in metrics
+    reset = [sys.executable, "-m", "anycast_agent", "state", "reset", "--reason", "lab drill"]
+    agent.lab.pop.run(reset)
+    agent.lab.bird.wait_route(WEB, timeout_s=10)
+    assert agent.lab.bird.route(WEB)[0].med == 100
+    agent.wait_log("state reset by local: lab drill")
 
 
 @only_50

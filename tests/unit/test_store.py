@@ -25,11 +25,18 @@ def test_round_trip(tmp_path: Path) -> None:
     assert decode(encode(INTENTS)) == INTENTS
 
 
-def test_previous_copy_kept_and_used_when_current_is_corrupt(tmp_path: Path) -> None:
+def test_every_save_writes_both_copies_alike(tmp_path: Path) -> None:
+    # The first save too: one unreadable state.json must never be all there is.
     store = Store(tmp_path)
     store.save(INTENTS)
-    store.save(Intents())
+    assert (tmp_path / "state.json").read_bytes() == (tmp_path / "state.json.prev").read_bytes()
     assert decode((tmp_path / "state.json.prev").read_bytes()) == INTENTS
+    assert not list(tmp_path.glob(".state.json*"))  # no temp file left behind
+
+
+def test_the_copy_stands_in_for_a_corrupt_current_file(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save(INTENTS)
     (tmp_path / "state.json").write_text("{ truncated")
     assert store.load() == INTENTS
 
@@ -57,12 +64,12 @@ def test_wrong_types_are_unreadable_not_a_crash_later(
         Store(tmp_path).load()
 
 
-def test_deleted_state_file_means_no_intents_even_with_a_previous_copy(tmp_path: Path) -> None:
+def test_the_copy_stands_in_for_a_deleted_current_file(tmp_path: Path) -> None:
+    # A deleted state.json is not "no intents" while its copy holds a drain (R29, R30).
     store = Store(tmp_path)
     store.save(INTENTS)
-    store.save(INTENTS)
     (tmp_path / "state.json").unlink()
-    assert store.load() == Intents()
+    assert store.load() == INTENTS
 
 
 def test_only_corrupt_current_and_no_previous_is_unreadable(tmp_path: Path) -> None:
@@ -71,11 +78,23 @@ def test_only_corrupt_current_and_no_previous_is_unreadable(tmp_path: Path) -> N
         Store(tmp_path).load()
 
 
-def test_a_corrupt_current_is_not_kept_as_previous(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    store.save(INTENTS)
-    store.save(INTENTS)  # now state.json.prev holds INTENTS too
-    (tmp_path / "state.json").write_text("garbage")
-    store.save(Intents())
-    assert decode((tmp_path / "state.json.prev").read_bytes()) == INTENTS
-    assert not list(tmp_path.glob(".state.json.*"))  # no temp file left behind
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": 1, "drains": [{"service": "web", "reason": "r", "author": "a", '
+        '"since": NaN, "expires": null}]}',
+        '{"format": 1, "drains": [{"service": "web", "reason": "r", "author": "a", '
+        '"since": 1.0, "expires": Infinity}]}',
+        '{"format": 1, "drains": "web"}',
+        '{"format": 1, "ramp_holds": "web"}',
+        '{"format": 1, "drains": [], "colour": "red"}',
+        '{"format": 2}',
+    ],
+    ids=["nan", "infinity", "string-for-list", "string-for-holds", "unknown-key", "future"],
+)
+def test_values_of_the_wrong_kind_make_a_copy_unreadable(tmp_path: Path, text: str) -> None:
+    (tmp_path / "state.json").write_text(text)
+    with pytest.raises(Unreadable):
+        Store(tmp_path).load()
+    with pytest.raises(ValueError):
+        decode(text.encode())

@@ -155,10 +155,12 @@ class FakeController:
                 await self._record("clear_med", service, author=author)
             case e.RampRequest(service=service, action=action, author=author):
                 await self._record("ramp", service, action, author=author)
+            case e.StateResetRequest(reason=reason, author=author):
+                await self._record("state_reset", reason=reason, author=author)
         return self.fail
 
-    async def reload(self) -> list[str]:
-        await self._record("reload")
+    async def reload(self, allow_withdraw: bool = False) -> list[str]:
+        await self._record("reload", **({"allow_withdraw": True} if allow_withdraw else {}))
         return self.reload_errors
 
 

@@ -26,6 +26,7 @@ MUTATIONS = [
     ("POST", "/v1/drain", {"reason": "maintenance"}),
     ("POST", "/v1/undrain", None),
     ("POST", "/v1/reload", None),
+    ("POST", "/v1/state/reset", {"reason": "both copies corrupt"}),
 ]
 
 
@@ -140,6 +141,12 @@ async def test_reads_need_no_token(client: Client, path: str) -> None:
         ),
         ("POST", "/v1/undrain", {}, ("undrain", (None,), {"author": "token"})),
         ("POST", "/v1/reload", None, ("reload", (), {})),
+        (
+            "POST",
+            "/v1/state/reset",
+            {"reason": "disk fault"},
+            ("state_reset", (), {"reason": "disk fault", "author": "token"}),
+        ),
     ],
 )
 async def test_intents_call_the_controller(
@@ -459,3 +466,10 @@ async def test_a_new_intent_is_one_table_row() -> None:
 def test_an_empty_token_is_refused() -> None:
     with pytest.raises(ValueError, match="empty token"):
         api.make_app(FakeController(), "")
+
+
+async def test_a_state_reset_needs_a_reason(client: Client, controller: FakeController) -> None:
+    resp = await client.post("/v1/state/reset", json={}, headers=AUTH)
+    assert resp.status == 422
+    assert (await _json(resp))["detail"][0]["field"] == "reason"
+    assert controller.calls == []

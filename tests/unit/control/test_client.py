@@ -116,6 +116,10 @@ def test_status_table_escapes_control_characters() -> None:
         (["med", "web", "--clear"], ("clear_med", ("web",), {"author": "token"})),
         (["ramp", "web", "advance"], ("ramp", ("web", RampAction.ADVANCE), {"author": "token"})),
         (["reload"], ("reload", (), {})),
+        (
+            ["state", "reset", "--reason", "disk fault"],
+            ("state_reset", (), {"reason": "disk fault", "author": "token"}),
+        ),
     ],
 )
 async def test_commands_reach_the_controller(
@@ -205,3 +209,18 @@ async def test_over_a_unix_socket(tmp_path: Path, controller: FakeController) ->
         code, out, _ = await run(["status", "--json", "--url", f"unix:{path}"])
         assert code == 0 and json.loads(out)["pop"] == "ams1"
     assert controller.calls == [("ramp", ("web", RampAction.HOLD), {"author": "local"})]
+
+
+async def test_drain_all_asks_on_a_terminal(
+    agent: str, controller: FakeController, token_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["n", "y"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    argv = ["drain", "--all", "--reason", "r", "--url", agent, "--token-file", str(token_file)]
+    code, _, err = await run(argv)
+    assert code == 2 and "not confirmed" in err and controller.calls == []
+    code, _, _ = await run(argv)
+    assert code == 0 and len(controller.calls) == 1
+    code, _, _ = await run([*argv, "--yes"])  # --yes never asks (the answers are used up)
+    assert code == 0 and len(controller.calls) == 2

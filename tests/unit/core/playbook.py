@@ -49,7 +49,7 @@ class Playbook:
         config: AgentConfig,
         *,
         intents: Intents | None = None,
-        state_unreadable: bool = False,
+        state_unreadable: str = "",
     ) -> None:
         self.config = config
         self.pop = Pop(

@@ -28,10 +28,12 @@ from anycast_agent.core.events import (
     Persisted,
     RampRequest,
     SetMedRequest,
+    StateResetRequest,
     UndrainRequest,
     VipsListed,
 )
 from anycast_agent.core.intents import RampAction
+from anycast_agent.core.lifecycle import refusals
 from anycast_agent.core.traffic import Phase
 from anycast_agent.model import NeighborState, RouteAttrs, RouteKey, TargetState
 from tests.unit.core.playbook import Playbook, pop_config, routes_of, tcp_targets
@@ -172,7 +174,23 @@ def test_session_up_resends_the_routes_to_that_neighbor() -> None:
     ]
 
 
-def test_held_routes_the_config_does_not_map_are_withdrawn_at_start() -> None:
+def test_a_held_route_the_config_no_longer_maps_is_drained_out_at_start() -> None:
+    cfg = config(services=[_service("web", WEB), _service("api", API)])
+    gone = RouteKey(N1, "192.0.2.99/32")  # its prefix left the config
+    held = {RouteKey(N1, WEB): A100, RouteKey(N1, API): A100, gone: A100}
+    pb = Playbook(cfg)
+    out = pb.sync(held=held)
+    [drained] = routes_of(out)
+    assert isinstance(drained, Announce) and drained.key == gone
+    assert drained.attrs == RouteAttrs(4294967294, (65001,) * 4, ("65535:0",))
+    assert drained.cause == "192.0.2.99/32 left the config: drained out"
+    assert routes_of(pb.tick(29)) == []
+    [withdraw] = routes_of(pb.tick(30))  # after drain_grace
+    assert isinstance(withdraw, Withdraw) and withdraw.key == gone
+    assert set(pb.routes()) == {RouteKey(N1, WEB), RouteKey(N1, API)}
+
+
+def test_more_than_half_of_the_routes_leaving_is_held_back_until_confirmed() -> None:
     held = {
         RouteKey(N1, WEB): A100,
         RouteKey(N1, "192.0.2.99/32"): A100,  # prefix no longer configured
@@ -180,11 +198,18 @@ def test_held_routes_the_config_does_not_map_are_withdrawn_at_start() -> None:
     }
     pb = Playbook(config())
     out = pb.sync(held=held)
+    assert routes_of(out) == [] and routes_of(pb.tick(100)) == []
+    assert any("nothing is removed until" in x for x in pb.logs())
+    assert pb.pop.snapshot().removal_held == 2
+    swap(pb, 101, config(), allow_withdraw=True)
+    out = pb.tick(101)
     assert {(c.key.neighbor, c.key.prefix) for c in routes_of(out)} == {
         (N1, "192.0.2.99/32"),
         (N2, WEB),
     }
-    assert pb.routes() == {RouteKey(N1, WEB): A100}  # the configured one waits for health
+    assert all(c.attrs.med == 4294967294 for c in routes_of(out) if isinstance(c, Announce))
+    assert {type(c) for c in routes_of(pb.tick(131))} == {Withdraw}
+    assert set(pb.routes()) == {RouteKey(N1, WEB)}
 
 
 # --- the VIP gate -----------------------------------------------------------------------------
@@ -322,23 +347,45 @@ def test_expired_intents_are_dropped_and_persisted() -> None:
     assert pb.meds() == {100}
 
 
-def test_unreadable_state_drains_the_pop_until_an_operator_undrains() -> None:
-    pb = started(config(), state_unreadable=True)
+def test_unreadable_state_keeps_what_is_held_de_preferred_until_a_reset() -> None:
+    held = {RouteKey(N1, WEB): A100}
+    cfg = config(services=[_service("web", WEB), _service("api", API)])
+    pb = Playbook(cfg, state_unreadable="state.json: garbage; state.json.prev: garbage")
+    pb.sync(held=held)
+    pb.health(0, "hhh", service="web")
+    pb.health(0, "hhh", service="api")
+    drained = RouteAttrs(4294967294, (65001,) * 4, ("65535:0",))
+    assert pb.routes() == {RouteKey(N1, WEB): drained}  # de-preferred; api never announced
+    pb.tick(100)  # long past any drain grace: the file never withdraws
+    assert pb.routes() == {RouteKey(N1, WEB): drained}
+    assert pb.service().phase is Phase.HELD and pb.pop.snapshot().state_unreadable
+    for request in (UndrainRequest(None, "op"), DrainRequest("web", "r", "op")):
+        refusal = pb.request(101, request).refusal
+        assert refusal is not None and "state reset" in refusal.message
+    reset = pb.request(102, StateResetRequest("files were corrupted by a disk fault", "op"))
+    assert reset.refusal is None
+    assert "state reset by op: files were corrupted by a disk fault" in " ".join(pb.logs())
+    pb.tick(102)
+    assert not pb.pop.snapshot().state_unreadable
+    assert pb.service().phase is Phase.UP and pb.service("api").phase is Phase.UP
+    assert pb.meds() == {100}
+    refusal = pb.request(103, StateResetRequest("again", "op")).refusal
+    assert refusal is not None and "nothing to reset" in refusal.message
+
+
+def test_health_still_withdraws_while_the_state_is_unreadable() -> None:
+    pb = Playbook(config(), state_unreadable="state.json: mode 000")
+    pb.sync(held={RouteKey(N1, WEB): A100})
     pb.health(0, "hhh")
-    assert pb.service().phase is Phase.DRAINING and pb.routes() == {}  # nothing new announced
-    pb.tick(31)
-    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
-    assert pb.pop.snapshot().state_unreadable
-    assert pb.request(32, UndrainRequest(None, "op")).refusal is None
-    pb.tick(32)
-    assert not pb.pop.snapshot().state_unreadable and pb.service().phase is Phase.UP
+    [withdraw] = routes_of(pb.health(5, "xxx"))
+    assert isinstance(withdraw, Withdraw) and "service web down" in withdraw.cause
 
 
 # --- reload -------------------------------------------------------------------------------------
 
 
-def swap(pb: Playbook, t: float, cfg: AgentConfig) -> list[Command]:
-    out = pb.send(ConfigSwapped(pb.at(t), pop_spec(cfg)))
+def swap(pb: Playbook, t: float, cfg: AgentConfig, allow_withdraw: bool = False) -> list[Command]:
+    out = pb.send(ConfigSwapped(pb.at(t), pop_spec(cfg), allow_withdraw))
     pb.config = cfg
     return out
 
@@ -376,14 +423,41 @@ def test_reload_that_renames_a_service_adopts_its_routes() -> None:
     assert routes_of(pb.log[mark:]) == [] and pb.routes() == before
 
 
-def test_reload_that_drops_a_service_withdraws_its_routes() -> None:
-    pb = started(config(services=[_service("web", WEB), _service("api", API)]))
-    pb.health(0, "hhh", service="web")
-    pb.health(0, "hhh", service="api")
-    out = swap(pb, 1, config(services=[_service("web", WEB)]))
+def test_reload_that_drops_a_service_drains_its_routes_out() -> None:
+    pb = started(
+        config(
+            services=[_service("web", WEB), _service("api", API), _service("dns", "192.0.2.53/32")]
+        )
+    )
+    for name in ("web", "api", "dns"):
+        pb.health(0, "hhh", service=name)
+    out = swap(pb, 1, config(services=[_service("web", WEB), _service("dns", "192.0.2.53/32")]))
     assert sum(isinstance(c, StopProbe) for c in out) == 3
-    [withdraw] = routes_of(pb.tick(1))
-    assert withdraw.key == RouteKey(N1, API) and "no longer configured" in withdraw.cause
+    [drained] = routes_of(pb.tick(1))
+    assert drained.key == RouteKey(N1, API) and isinstance(drained, Announce)
+    assert drained.attrs.med == 4294967294 and "65535:0" in drained.attrs.communities
+    [withdraw] = routes_of(pb.tick(31))
+    assert withdraw.key == RouteKey(N1, API) and isinstance(withdraw, Withdraw)
+
+
+def test_reload_that_drops_every_service_removes_nothing_until_confirmed() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    before = pb.routes()
+    swap(pb, 1, config(services=[]))
+    assert routes_of(pb.tick(100)) == [] and pb.routes() == before
+    swap(pb, 101, config(services=[]), allow_withdraw=True)
+    assert [type(c) for c in routes_of(pb.tick(101))] == [Announce]  # de-preferred first
+    assert [type(c) for c in routes_of(pb.tick(131))] == [Withdraw]
+
+
+def test_a_reload_must_not_drop_a_drained_service_by_renaming_it() -> None:
+    pb = started(config())
+    pb.request(0, DrainRequest("web", "maintenance", "op"))
+    [why] = refusals(pb.pop.intents, ["www"])
+    assert why.startswith("services[web]: drained by op (maintenance)")
+    assert "keep its name, or undrain" in why
+    assert refusals(pb.pop.intents, ["web"]) == []
 
 
 def test_reload_to_another_vip_interface_waits_for_its_listing() -> None:

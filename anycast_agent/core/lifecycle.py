@@ -1,0 +1,90 @@
+"""The core's start and reloads: what it learns from ExaBGP when it starts, and a new config
+taken as a diff, without losing what still applies."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from anycast_agent.core.commands import Command, StartProbe, info, warn
+from anycast_agent.core.events import ConfigSwapped, Synced
+from anycast_agent.core.health import carry_targets
+from anycast_agent.core.intents import POP, Intents
+from anycast_agent.core.traffic import adopt
+from anycast_agent.core.vips import VipGate
+from anycast_agent.model import NeighborState
+
+if TYPE_CHECKING:
+    from anycast_agent.core.pop import Pop
+
+
+def synced(pop: Pop, event: Synced) -> list[Command]:
+    """ExaBGP's truth at start: a service whose routes it holds continues from them (a
+    respawn never restarts a ramp); held routes the config no longer maps are drained out."""
+    pop.synced = True
+    pop.neighbors = {n.address: NeighborState.DOWN for n in pop.spec.neighbors}
+    pop.neighbors.update(event.neighbors)
+    pop.rib.held = dict(event.held)
+    held_back = pop.orphans.review(pop.rib.held, pop.mapped, event.at.mono, False)
+    for svc in pop.spec.services:
+        pop.memory[svc.name] = adopt(svc, event.held, event.at.mono)
+    adopted = [s for s, m in pop.memory.items() if m.was_up]
+    sessions = ", ".join(f"{a} {s}" for a, s in sorted(pop.neighbors.items()))
+    fallback = " — RUNNING THE LAST-GOOD CONFIG" if pop.about.last_good_fallback else ""
+    pop.news(event.at)
+    return [
+        info(
+            f"start {pop.about.starts}: ExaBGP holds {len(event.held)} routes (adopted: "
+            f"{', '.join(adopted) or 'none'}); sessions: {sessions or 'none'}{fallback}"
+        ),
+        *held_back,
+        *(StartProbe(s.name, t) for s in pop.spec.services for t in s.targets),
+    ]
+
+
+def swapped(pop: Pop, event: ConfigSwapped) -> list[Command]:
+    """Unchanged targets keep their history and probe; a new (or renamed) service whose
+    routes ExaBGP holds continues from them; a dropped one's routes go on the next step."""
+    new = event.spec
+    targets, probes = carry_targets(pop.targets, new)
+    out: list[Command] = list(probes) if pop.synced else []  # Synced starts them all
+    pop.targets = targets
+    names = {s.name for s in new.services}
+    pop.memory = {k: m for k, m in pop.memory.items() if k in names}
+    pop.outcomes = {k: o for k, o in pop.outcomes.items() if k in names}
+    for svc in new.services:
+        if pop.synced and svc.name not in pop.memory:
+            pop.memory[svc.name] = adopt(svc, pop.rib.held, event.at.mono)
+    stale = sorted(k for k in (*pop.intents.drains, *pop.intents.meds) if k not in names | {POP})
+    if stale:
+        out.append(warn(f"operator intents for services no longer configured: {stale}"))
+    if new.vip_interface != pop.spec.vip_interface:
+        pop.vips = VipGate(new.addresses, new.vip_interface)
+    pop.about = replace(pop.about, last_good_fallback=False)
+    pop.use(new)
+    if pop.synced:
+        out += pop.orphans.review(pop.rib.held, pop.mapped, event.at.mono, event.allow_withdraw)
+    pop.news(event.at)
+    return out
+
+
+def refusals(intents: Intents, services: Collection[str]) -> list[str]:
+    """Why a reload to a config of these `services` must not apply (empty: it may): an
+    operator's drain or MED override must not vanish with its service's name (a drained
+    service renamed by a reload would be announced again)."""
+    names = set(services)
+    drains = [
+        f"services[{k}]: drained by {d.author} ({d.reason})"
+        for k, d in intents.drains.items()
+        if k != POP and k not in names
+    ]
+    meds = [
+        f"services[{k}]: MED {m.med} set by {m.author} ({m.reason})"
+        for k, m in intents.meds.items()
+        if k not in names
+    ]
+    return [
+        f"{why}, and the new config has no such service: keep its name, or undrain/clear it first"
+        for why in (*drains, *meds)
+    ]
