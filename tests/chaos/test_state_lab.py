@@ -43,12 +43,14 @@ def control(agent: AgentLab, method: str, path: str, body: str = "{}") -> int:
 
 
 def respawn(agent: AgentLab) -> int:
-    """kill -9 the agent; wait for ExaBGP's new one to have read its state. Log offset."""
+    """kill -9 the agent; wait for ExaBGP's new one to have read its state. The log offset
+    from before the kill."""
     old = agent.agent_pid()
     mark = len(agent.log())
     os.kill(old, signal.SIGKILL)
     wait_for(agent.agent_pids, lambda p: p and p != [old], timeout_s=5, what="a new agent")
-    return agent.wait_log("ExaBGP holds", after=mark)
+    agent.wait_log("ExaBGP holds", after=mark)
+    return mark
 
 
 @only_50
@@ -65,8 +67,8 @@ def test_a_drain_survives_kill_9_while_one_copy_of_the_state_does(
             current.write_bytes(b"\x00 garbage")
         else:
             current.unlink()
-        after = respawn(agent)
-        agent.wait_log("using its copy", after=after - 200)
+        mark = respawn(agent)
+        agent.wait_log("using its copy", after=mark)
         assert_holds(
             lambda: agent.lab.bird.route(WEB),
             lambda r: not r,
@@ -122,7 +124,9 @@ def test_a_full_disk_refuses_the_drain_and_changes_nothing(
         assert "anycast_agent_state_write_errors_total 1.0" in metrics
         filler.unlink()
         assert control(agent, "POST", "/v1/drain", '{"reason": "r21"}') == 200
-        wait_for(lambda: [r.med for r in lab.bird.route(WEB)], lambda m: m == [MED_DRAIN])
+        wait_for(
+            lambda: [r.med for r in lab.bird.route(WEB)], lambda m: m == [MED_DRAIN], timeout_s=5
+        )
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
     print("\n[R21] full state_dir: drain answered 503, no UPDATE; with room again: draining")
