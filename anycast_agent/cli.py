@@ -214,7 +214,9 @@ async def _run(
         config, speaker, config_path=path, config_text=text, fallback=fallback, dry_run=dry_run
     )
     try:
-        agent.control = ControlServer.from_config(agent, config.control)
+        agent.control = ControlServer.from_config(
+            agent, config.control, config.state_dir, ephemeral=dry_run
+        )
     except ConfigError as exc:
         # check-config (ExecStartPre) refuses this; at run time the routes matter more.
         log.critical("control endpoint disabled: %s", exc)

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
+import yaml
+
 from anycast_agent.core.intents import RampAction
 
 ENV_URL = "ANYCAST_AGENT_URL"
 ENV_TOKEN_FILE = "ANYCAST_AGENT_TOKEN_FILE"
 DEFAULT_URL = "http://127.0.0.1:9179"
 DEFAULT_TOKEN_FILE = Path("/etc/anycast-agent/token")
+DEFAULT_STATE_DIR = Path("/var/lib/anycast-agent")
 TIMEOUT_S = 10.0
 
 EXIT_OK = 0
@@ -128,8 +131,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--token-file",
         type=Path,
         default=None,
-        help=f"bearer token for changes (default: ${ENV_TOKEN_FILE}, else {DEFAULT_TOKEN_FILE} "
-        "when readable, else none)",
+        help=f"bearer token for changes (default: ${ENV_TOKEN_FILE}, else the token the agent "
+        f"made in the state_dir of --config, else {DEFAULT_TOKEN_FILE} or "
+        f"{DEFAULT_STATE_DIR / 'control.token'}, the first readable)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the agent's config, to find the token it made in its state_dir",
     )
     p.add_argument(
         "--timeout", type=float, default=TIMEOUT_S, help="seconds (default: %(default)s)"
@@ -187,14 +197,28 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _common(p)
 
 
-def _token(arg: Path | None) -> str | None:
+def _state_dir(config: Path | None) -> Path:
+    """The state_dir the agent of `config` uses (the default one without a config)."""
+    if config is not None:
+        try:
+            data = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UsageError(f"cannot read the config {config}: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("state_dir"), str):
+            return Path(data["state_dir"])
+    return DEFAULT_STATE_DIR
+
+
+def _token(arg: Path | None, config: Path | None = None) -> str | None:
     path = arg
     if path is None and (env := os.environ.get(ENV_TOKEN_FILE)):
         path = Path(env)
     if path is None:
-        if not os.access(DEFAULT_TOKEN_FILE, os.R_OK):
+        made = _state_dir(config) / "control.token"
+        readable = [p for p in (made, DEFAULT_TOKEN_FILE) if os.access(p, os.R_OK)]
+        if not readable:
             return None
-        path = DEFAULT_TOKEN_FILE
+        path = readable[0]
     try:
         token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -206,7 +230,7 @@ def _token(arg: Path | None) -> str | None:
 
 def _endpoint(args: argparse.Namespace) -> Endpoint:
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
-    return Endpoint(url, _token(args.token_file), args.timeout)
+    return Endpoint(url, _token(args.token_file, args.config), args.timeout)
 
 
 def _scope(args: argparse.Namespace) -> str:

@@ -101,7 +101,9 @@ async def _main(config_path: Path, warmup_s: float, window_s: float) -> dict[str
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(config, DryRunSpeaker(lambda line: print(line, flush=True)), dry_run=True)
     # As `run` does: the control endpoint (status, metrics) in the same loop as the probes.
-    agent.control = ControlServer.from_config(agent, config.control)
+    agent.control = ControlServer.from_config(
+        agent, config.control, config.state_dir, ephemeral=True
+    )
     measured: dict[str, object] = {}
 
     async def measure() -> None:

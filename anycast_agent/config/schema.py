@@ -82,6 +82,9 @@ class Control(Strict):
 
     listen: str = "127.0.0.1:9179"
     token_file: Path | None = None
+    # Host names a request may carry (DNS rebinding defence); empty: the listen address,
+    # localhost, 127.0.0.1 and ::1. Not checked on a unix socket.
+    allowed_hosts: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]-]{1,255}$")], ...] = ()
 
     @field_validator("listen")
     @classmethod

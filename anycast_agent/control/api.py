@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from anycast_agent.control import metrics
-from anycast_agent.control.auth import ApiError, authenticate, error_response
+from anycast_agent.control.auth import ApiError, authenticate, error_response, refuse_browsers
 from anycast_agent.control.bodies import Body, DrainBody, MedBody, RampBody, ReloadBody, ResetBody
 from anycast_agent.control.status import status_json
 from anycast_agent.core.commands import Refusal, RefusalKind
@@ -62,6 +62,7 @@ class Settings:
     stale_after_s: float
     monotonic: Callable[[], float]
     wall_clock: Callable[[], float]
+    allowed_hosts: frozenset[str] | None  # None: a unix socket (no Host to check)
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -223,6 +224,10 @@ def mutation_handler(intent: Mutation[B]) -> Callable[[web.Request], Awaitable[w
     async def handle(request: web.Request) -> web.Response:
         settings = request.app[SETTINGS]
         author = authenticate(settings.token, request.headers.get("Authorization", ""))
+        if request.content_type != "application/json":
+            # A browser's "simple" request (text/plain, a form) can carry no JSON type.
+            raise ApiError(415, "mutations take Content-Type: application/json",
+                           {"content_type": request.content_type})  # fmt: skip
         service = _service(request) if intent.scoped else None
         body = await _body(request, intent.body)
         given, reason = getattr(body, "author", None), getattr(body, "reason", None)
@@ -303,6 +308,7 @@ async def _errors(
 ) -> web.StreamResponse:
     """Every refusal as JSON: our own (the core's included) and the router's (404/405)."""
     try:
+        refuse_browsers(request.headers, request.app[SETTINGS].allowed_hosts)
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.error, exc.detail, exc.headers)
@@ -322,13 +328,15 @@ def make_app(
     monotonic: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     mutations: Sequence[Mutation[Any]] = MUTATIONS,
+    allowed_hosts: frozenset[str] | None = frozenset({"localhost", "127.0.0.1", "::1"}),
 ) -> web.Application:
     """The control endpoint over `controller`; mutations need `Bearer token` unless it is None."""
     if token is not None and not token:
         raise ValueError("an empty token would let any Bearer header through; pass None")
     app = web.Application(middlewares=[_errors], client_max_size=max_body)
     app[CONTROLLER] = controller
-    app[SETTINGS] = Settings(token, max_body, stale_after_s, monotonic, wall_clock)
+    settings = Settings(token, max_body, stale_after_s, monotonic, wall_clock, allowed_hosts)
+    app[SETTINGS] = settings
     for path, handler in READS:
         app.router.add_route("GET", path, handler)
     for mutation in mutations:

@@ -58,3 +58,22 @@ def authenticate(token: str | None, header: str) -> str:
             {"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'},
         )
     return "token"
+
+
+def host_of(header: str) -> str:
+    """The host part of a Host header, lower-case, without the port ("[::1]:9179" -> "::1")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def refuse_browsers(headers: Mapping[str, str], allowed_hosts: frozenset[str] | None) -> None:
+    """A browser page must never reach the endpoint (R34): a request carrying an Origin (every
+    browser sends one on a cross-site or scripted POST) or a Host outside `allowed_hosts` (DNS
+    rebinding: the page's own name pointing at 127.0.0.1) is refused 403. `allowed_hosts`
+    None: a unix socket, which no browser can address."""
+    if "Origin" in headers:
+        raise ApiError(403, "cross-origin requests are refused", {"origin": headers["Origin"]})
+    if allowed_hosts is not None and host_of(headers.get("Host", "")) not in allowed_hosts:
+        raise ApiError(403, "unknown Host", {"host": headers.get("Host", "")})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import stat
 from ipaddress import ip_address
@@ -19,6 +20,7 @@ from anycast_agent.errors import ConfigError
 log = logging.getLogger("anycast_agent.control")
 
 SOCKET_MODE = 0o660
+TOKEN_FILE = "control.token"  # in state_dir, made at the first start without a token_file
 # The agent must exit within 1 s of EOF from ExaBGP (DESIGN §3.6): stop() takes at most this.
 SHUTDOWN_TIMEOUT_S = 0.4
 
@@ -52,6 +54,27 @@ def load_token(path: Path | str) -> str:
             str(path), ["the token must be one word of printable ASCII (it goes in a header)"]
         )
     return token
+
+
+def ensure_token(path: Path) -> str:
+    """The token in `path`, made first (0600, random) when there is none."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # another start made it meanwhile: use that one
+            return load_token(path)
+        except OSError as exc:
+            raise ConfigError(
+                str(path), [f"cannot create the token file: {exc.strerror}"]
+            ) from None
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log.info("made the control token %s (the CLI reads it from there)", path)
+    return load_token(path)
 
 
 def _tcp_socket(host: str, port: int) -> socket.socket:
@@ -89,6 +112,15 @@ def _unix_socket(path: str) -> socket.socket:
     return sock
 
 
+def default_hosts(listen: str, allowed: tuple[str, ...]) -> frozenset[str]:
+    """The Host names a request may carry: `allowed` when the config names them, else the
+    listen address and the loopback names (DNS rebinding brings any other name)."""
+    if allowed:
+        return frozenset(h.strip("[]").lower() for h in allowed)
+    listen_host = listen.rpartition(":")[0].strip("[]").lower()
+    return frozenset({listen_host, "localhost", "127.0.0.1", "::1"})
+
+
 class ControlServer:
     """The aiohttp control endpoint, started and stopped by the agent inside its own loop."""
 
@@ -100,9 +132,11 @@ class ControlServer:
         *,
         max_body: int = MAX_BODY,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        allowed_hosts: tuple[str, ...] = (),
     ) -> None:
         self.listen = listen
-        self._app = make_app(controller, token, max_body=max_body)
+        hosts = None if listen.startswith("unix:") else default_hosts(listen, allowed_hosts)
+        self._app = make_app(controller, token, max_body=max_body, allowed_hosts=hosts)
         if shutdown_timeout_s <= 0:
             raise ValueError(f"shutdown_timeout_s must be > 0, got {shutdown_timeout_s!r}")
         self._shutdown_timeout_s = shutdown_timeout_s
@@ -110,10 +144,23 @@ class ControlServer:
         self._address: tuple[str, int] | str | None = None
 
     @classmethod
-    def from_config(cls, controller: Controller, control: Control) -> ControlServer:
-        """Read the token file now (never after start); raises ConfigError."""
-        token = load_token(control.token_file) if control.token_file is not None else None
-        return cls(controller, control.listen, token)
+    def from_config(
+        cls, controller: Controller, control: Control, state_dir: Path, *, ephemeral: bool = False
+    ) -> ControlServer:
+        """Read (or make) the token now, never after start; raises ConfigError. Every change
+        needs a credential, on loopback too (R34): the configured token file; on a unix
+        socket, its mode 0660 and group; else a token the agent makes at its first start in
+        `state_dir/control.token`, where the CLI finds it (`ephemeral`: one that is never
+        written, for `run --dry-run`)."""
+        if control.token_file is not None:
+            token: str | None = load_token(control.token_file)
+        elif control.listen.startswith("unix:"):
+            token = None
+        elif ephemeral:
+            token = secrets.token_urlsafe(32)
+        else:
+            token = ensure_token(state_dir / TOKEN_FILE)
+        return cls(controller, control.listen, token, allowed_hosts=control.allowed_hosts)
 
     @property
     def app(self) -> web.Application:

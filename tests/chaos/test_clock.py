@@ -5,6 +5,7 @@ a file the test rewrites; its monotonic clock stays real."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -56,8 +57,8 @@ def test_clock_steps_neither_hurry_nor_stall_a_ramp_or_a_drain(
     assert STAGE_HOLD_S - 0.5 <= held <= STAGE_HOLD_S + 1.5, held
     # The drain: de-preferred, then withdrawn after the grace, through a step back.
     lab.pop.run(
-        ["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json",
-         "-d", '{"reason": "clock drill"}', "http://127.0.0.1:9179/v1/services/web/drain"]
+        [sys.executable, "-m", "anycast_agent", "drain", "web", "--reason", "clock drill",
+         "--config", str(agent.config_path)]
     )  # fmt: skip
     drained = time.monotonic()
     wait_for(lambda: [r.med for r in lab.bird.route(WEB)], lambda m: m == [MED_DRAIN], timeout_s=5)

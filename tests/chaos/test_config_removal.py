@@ -48,7 +48,9 @@ def start(factory: PopLabFactory, version: str) -> AgentLab:
 
 
 def cli(agent: AgentLab, *args: str) -> subprocess.CompletedProcess[str]:
-    return agent.lab.pop.run([sys.executable, "-m", "anycast_agent", *args], check=False)
+    """The CLI in the agent's namespace; `--config` lets it find the token the agent made."""
+    argv = [sys.executable, "-m", "anycast_agent", *args, "--config", str(agent.config_path)]
+    return agent.lab.pop.run(argv, check=False)
 
 
 def drained_out(agent: AgentLab, prefix: str) -> float:
@@ -130,6 +132,6 @@ def test_a_reload_may_not_rename_a_drained_service(
     agent.write_config(config(agent, renamed))
     out = cli(agent, "reload")
     assert out.returncode == 1
-    assert "services[dns]: drained by local (r32)" in out.stderr
+    assert "services[dns]: drained by token (r32)" in out.stderr
     assert_holds(lambda: bird.route(DNS), lambda r: not r, duration_s=2.0, what="still drained")
     print("\n[R32 rename] reload refused: " + out.stderr.strip().splitlines()[-1])

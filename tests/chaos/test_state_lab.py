@@ -34,10 +34,13 @@ def start(factory: PopLabFactory, version: str) -> AgentLab:
 
 
 def control(agent: AgentLab, method: str, path: str, body: str = "{}") -> int:
-    """An HTTP request to the agent's endpoint in its namespace; the status code."""
+    """An HTTP request to the agent's endpoint in its namespace, with the token the agent made
+    at its first start; the status code."""
+    token = (agent.lab.workdir / "state" / "control.token").read_text().strip()
     out = agent.lab.pop.run(
         ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
-         "-H", "Content-Type: application/json", "-d", body, f"http://127.0.0.1:9179{path}"]
+         "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}",
+         "-d", body, f"http://127.0.0.1:9179{path}"]
     )  # fmt: skip
     return int(out.stdout)
 

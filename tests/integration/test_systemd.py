@@ -109,7 +109,9 @@ def test_unit_contract() -> None:
     assert one["Restart"] == "always" and one["RestartSec"] == "1"
     assert "StartLimitIntervalSec" in one and "StartLimitBurst" in one
     assert one["ExecStartPre"].endswith("check-config /etc/anycast-agent/agent.yaml")
-    assert one["ExecReload"] == "/usr/bin/anycast-agent reload"
+    assert (
+        one["ExecReload"] == "/usr/bin/anycast-agent reload --config /etc/anycast-agent/agent.yaml"
+    )
     assert "HUP" not in " ".join(unit["ExecReload"])  # SIGHUP shuts ExaBGP down
     assert one["KillMode"] == "mixed"
     # ExaBGP SIGKILLs its helpers 2 s after SIGTERM; the stop timeout must leave it that time.

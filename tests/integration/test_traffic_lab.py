@@ -283,10 +283,11 @@ def test_unreadable_state_announces_nothing_new_until_a_reset_without_crash_loop
     metrics = agent.lab.pop.run(["curl", "-sf", "http://127.0.0.1:9179/metrics"]).stdout
     assert "anycast_agent_state_unreadable 1.0" in metrics
     reset = [sys.executable, "-m", "anycast_agent", "state", "reset", "--reason", "lab drill"]
+    reset += ["--config", str(agent.config_path)]  # where the CLI finds the agent's token
     agent.lab.pop.run(reset)
     agent.lab.bird.wait_route(WEB, timeout_s=10)
     assert agent.lab.bird.route(WEB)[0].med == 100
-    agent.wait_log("state reset by local: lab drill")
+    agent.wait_log("state reset by token: lab drill")
 
 
 @only_50

@@ -24,7 +24,8 @@ from anycast_agent.core.traffic import Phase
 from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
 
 TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON_TYPE = {"Content-Type": "application/json"}  # what every mutation must say it sends
+AUTH = {"Authorization": f"Bearer {TOKEN}", **JSON_TYPE}
 
 # (method, route template, status) seen by any test's server, checked against the OpenAPI doc.
 OBSERVED: set[tuple[str, str, int]] = set()

@@ -13,7 +13,7 @@ from anycast_agent.control import api
 from anycast_agent.control.bodies import Body
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.intents import RampAction
-from tests.unit.control.conftest import AUTH, TOKEN, FakeController, make_snapshot
+from tests.unit.control.conftest import AUTH, JSON_TYPE, TOKEN, FakeController, make_snapshot
 
 Client = TestClient[Any, Any]
 
@@ -65,7 +65,7 @@ async def test_no_token_configured_allows_local_mutations(
 ) -> None:
     ctl = FakeController()
     client = await make_client(ctl, token=None)
-    resp = await client.request(method, path, json=body)
+    resp = await client.request(method, path, json=body, headers=JSON_TYPE)
     assert resp.status == 200, await resp.text()
     _, _, kw = ctl.calls[0]
     assert kw.get("author", "local") == "local"
@@ -473,3 +473,43 @@ async def test_a_state_reset_needs_a_reason(client: Client, controller: FakeCont
     assert resp.status == 422
     assert (await _json(resp))["detail"][0]["field"] == "reason"
     assert controller.calls == []
+
+
+# --- a browser page can never reach it (R34) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Origin": "http://evil.example"}, 403),  # a cross-site fetch or form
+        ({"Host": "evil.example"}, 403),  # DNS rebinding: the page's name, our address
+        ({"Host": "evil.example:9179", "Origin": "http://evil.example:9179"}, 403),
+        ({"Content-Type": "text/plain"}, 415),  # a "simple" request needs no preflight
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),  # a form POST
+    ],
+)
+async def test_browser_requests_are_refused_even_with_the_token(
+    client: Client, controller: FakeController, headers: dict[str, str], status: int
+) -> None:
+    sent = {"Authorization": AUTH["Authorization"], "Content-Type": "application/json", **headers}
+    resp = await client.post("/v1/drain", data=b'{"reason": "x"}', headers=sent)
+    assert resp.status == status, await resp.text()
+    assert not any(h.lower().startswith("access-control-") for h in resp.headers)
+    assert controller.calls == []
+
+
+async def test_reads_from_a_browser_page_are_refused_too(client: Client) -> None:
+    resp = await client.get("/v1/status", headers={"Origin": "http://evil.example"})
+    assert resp.status == 403
+    resp = await client.get("/metrics", headers={"Host": "attacker.example"})
+    assert resp.status == 403
+    assert (await client.get("/metrics", headers={"Host": "localhost:9179"})).status == 200
+    assert (await client.get("/metrics", headers={"Host": "[::1]:9179"})).status == 200
+
+
+async def test_a_unix_socket_checks_no_host(make_client: Any) -> None:
+    ctl = FakeController()
+    client = await make_client(ctl, allowed_hosts=None)
+    assert (await client.get("/v1/status", headers={"Host": "agent"})).status == 200
+    resp = await client.get("/v1/status", headers={"Host": "agent", "Origin": "http://a.example"})
+    assert resp.status == 403

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from anycast_agent.config import Control
-from anycast_agent.control.server import ControlServer, load_token
+from anycast_agent.control.server import ControlServer, default_hosts, load_token
 from anycast_agent.errors import ConfigError
 from tests.unit.control.conftest import AUTH, TOKEN, FakeController
 
@@ -61,8 +61,40 @@ def test_from_config_reads_the_token(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(TOKEN)
     path.chmod(0o644)
+    control = Control(listen="127.0.0.1:0", token_file=path)
     with pytest.raises(ConfigError):
-        ControlServer.from_config(FakeController(), Control(listen="127.0.0.1:0", token_file=path))
+        ControlServer.from_config(FakeController(), control, tmp_path)
+
+
+async def test_without_a_token_file_loopback_still_needs_the_token_the_agent_made(
+    tmp_path: Path,
+) -> None:
+    # R34: on loopback too, a change needs a credential; the agent makes one (0600) at its
+    # first start, and keeps it across restarts.
+    server = ControlServer.from_config(FakeController(), Control(listen="127.0.0.1:0"), tmp_path)
+    made = tmp_path / "control.token"
+    assert stat.S_IMODE(made.stat().st_mode) == 0o600
+    token = made.read_text().strip()
+    again = ControlServer.from_config(FakeController(), Control(listen="127.0.0.1:0"), tmp_path)
+    assert made.read_text().strip() == token and again.app is not server.app
+    await server.start()
+    try:
+        host, port = server.address
+        async with aiohttp.ClientSession() as session:
+            url = f"http://{host}:{port}/v1/undrain"
+            async with session.post(url, json={}) as resp:
+                assert resp.status == 401
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.post(url, json={}, headers=headers) as resp:
+                assert resp.status == 200
+    finally:
+        await server.stop()
+
+
+def test_a_unix_socket_needs_no_token_file(tmp_path: Path) -> None:
+    control = Control(listen=f"unix:{tmp_path}/c.sock")
+    ControlServer.from_config(FakeController(), control, tmp_path)
+    assert not (tmp_path / "control.token").exists()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
@@ -99,7 +131,7 @@ async def test_unix_socket_mode_and_cleanup(tmp_path: Path) -> None:
         conn = aiohttp.UnixConnector(path=str(path))
         async with (
             aiohttp.ClientSession(connector=conn) as session,
-            session.post("http://agent/v1/undrain") as resp,
+            session.post("http://agent/v1/undrain", json={}) as resp,
         ):
             assert resp.status == 200
     assert not path.exists()
@@ -135,3 +167,12 @@ async def test_port_in_use_fails_start() -> None:
         _, port = tcp_address(first)
         with pytest.raises(OSError):
             await ControlServer(FakeController(), f"127.0.0.1:{port}", None).start()
+
+
+def test_the_hosts_a_request_may_name() -> None:
+    assert default_hosts("192.0.2.1:9179", ()) == {"192.0.2.1", "localhost", "127.0.0.1", "::1"}
+    assert default_hosts("[2001:db8::1]:9179", ()) >= {"2001:db8::1"}
+    assert default_hosts("0.0.0.0:9179", ("Router1.Example", "[2001:db8::2]")) == {
+        "router1.example",
+        "2001:db8::2",
+    }

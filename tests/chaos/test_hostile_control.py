@@ -1,0 +1,64 @@
+"""Chaos R34 against the running agent, judged at the upstream: no browser page and no caller
+without the credential can move a route, on loopback too."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.chaos.faults import SESSION, assert_no_update
+from tests.integration.agent_lab import AgentLab, ServiceSpec
+from tests.lab.fixtures import PopLabFactory
+from tests.lab.wait import wait_for
+
+WEB = "192.0.2.10/32"
+URL = "http://127.0.0.1:9179/v1/drain"
+
+only_50 = pytest.mark.parametrize("exabgp_version", ["5.0"])
+
+
+@only_50
+def test_no_page_and_no_stranger_can_drain_the_pop(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    agent = AgentLab(
+        pop_lab_factory(exabgp_version=exabgp_version), [ServiceSpec("web", [WEB], edges=[0])]
+    )
+    agent.start()
+    lab = agent.lab
+    lab.bird.wait_route(WEB, timeout_s=10)
+    agent.wait_log("announce 192.0.2.10/32")
+    token = (lab.workdir / "state" / "control.token").read_text().strip()
+    bearer = f"Authorization: Bearer {token}"
+    json_type = "Content-Type: application/json"
+    attempts = {
+        "no token": [json_type],
+        "a wrong token": [json_type, "Authorization: Bearer guessed"],
+        "a simple POST (text/plain)": [bearer, "Content-Type: text/plain"],
+        "a form POST": [bearer, "Content-Type: application/x-www-form-urlencoded"],
+        "an Origin": [bearer, json_type, "Origin: http://evil.example"],
+        "a rebinding Host": [bearer, json_type, "Host: evil.example:9179"],
+    }
+    before = lab.bird.import_counters(SESSION)
+    seen = {}
+    for what, headers in attempts.items():
+        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]
+        for header in headers:
+            argv += ["-H", header]
+        out = lab.pop.run([*argv, "-d", '{"reason": "pwned"}', URL])
+        seen[what] = int(out.stdout)
+    assert seen == {
+        "no token": 401,
+        "a wrong token": 401,
+        "a simple POST (text/plain)": 415,
+        "a form POST": 415,
+        "an Origin": 403,
+        "a rebinding Host": 403,
+    }
+    assert_no_update(lab.bird, WEB, before, 1.0)
+    # The operator's CLI, which finds the token through --config, still can.
+    drain = [sys.executable, "-m", "anycast_agent", "drain", "--all", "--reason", "r34", "--yes"]
+    lab.pop.run([*drain, "--config", str(agent.config_path)])
+    wait_for(lambda: [r.med for r in lab.bird.route(WEB)], lambda m: m == [4294967294], timeout_s=5)
+    print(f"\n[R34] refused: {seen}; BIRD counters unchanged; the CLI with the made token drains")
