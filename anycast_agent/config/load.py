@@ -54,21 +54,73 @@ def format_errors(exc: ValidationError, data: Any) -> list[str]:
     return lines
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NODES = 100_000  # YAML nodes once aliases are expanded ("billion laughs" goes far past)
+
+
+def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many nodes `node` stands for with every alias expanded (an alias is the very node
+    of its anchor, so `memo` keeps this linear in the file's size)."""
+    if id(node) not in memo:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[id(node)] = 1 + sum(_expanded(child, memo) for child in children)
+    return memo[id(node)]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and keys that are not strings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is not a string", key_node.start_mark
+                )
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path | str) -> AgentConfig:
-    """Read, validate and freeze a config file; raise ConfigError listing every problem."""
+    """Read, validate and freeze a config file; raise ConfigError listing every problem. Every
+    failure is a ConfigError naming what is wrong, never another exception (R31)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the config file: {exc.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(path), [f"the file is {len(raw)} bytes, over {MAX_CONFIG_BYTES}"])
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text: byte {exc.start}: {exc.reason}"]) from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and (size := _expanded(node, {})) > MAX_NODES:
+            raise ConfigError(str(path), [f"aliases expand to {size} YAML nodes, over {MAX_NODES}"])
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(
             str(path), [f"the top level must be a mapping, got {type(data).__name__}"]
         )
+    private = sorted(k for k in data if k.startswith("_"))
+    if private:  # pydantic-settings would take `_env_file` and the like as its own options
+        raise ConfigError(str(path), [f"{k}: unknown key" for k in private])
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:

@@ -21,15 +21,8 @@ from anycast_agent.config import HttpCheck
 from anycast_agent.model import CheckerFault, ProbeResult
 from anycast_agent.probes.base import checker_fault, host_port, timeout_reason
 from anycast_agent.probes.engine import Engine
-from anycast_agent.probes.http_lean import (
-    BadResponse,
-    ConnectError,
-    Connection,
-    Outcome,
-    Response,
-    ServerClosed,
-    build_request,
-)
+from anycast_agent.probes.http_lean import ConnectError, Connection, build_request
+from anycast_agent.probes.http_parse import BadResponse, Outcome, Response, ServerClosed
 from anycast_agent.probes.resolver import Resolver, is_address
 
 # Enough for a health page or a status document; a probe must never buffer a whole download.

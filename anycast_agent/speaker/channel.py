@@ -48,8 +48,21 @@ class Channel:
 
     async def read_forever(self) -> None:
         """Read until EOF; then set `closed` (ExaBGP is gone or stopping)."""
+        skipping = False  # the rest of an overlong line is still to come
         try:
-            while line := await self._reader.readline():
+            while True:
+                try:
+                    line = await self._reader.readline()
+                except ValueError as exc:  # longer than the reader's limit (1 MiB): drop it
+                    log.warning("skipped a line over the limit from ExaBGP")
+                    # asyncio dropped the line whole if its end had arrived, else what came.
+                    skipping = "not found" in str(exc)
+                    continue
+                if not line:
+                    break
+                if skipping:
+                    skipping = not line.endswith(b"\n")
+                    continue
                 self._dispatch(parse_inbound(line.decode("utf-8", "replace")))
         finally:
             self.closed.set()

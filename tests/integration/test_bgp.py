@@ -119,7 +119,7 @@ def test_agent_kill9_respawn_sends_zero_updates(
     print(f"\n[exabgp {exabgp_version}] kill -9 respawn: BIRD import counters {before} unchanged")
 
 
-def test_removed_service_withdrawn_after_respawn(
+def test_removed_service_drained_out_after_respawn(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
     services = [ServiceSpec("web", [WEB], edges=[0]), ServiceSpec("api", [API], edges=[1])]
@@ -131,17 +131,18 @@ def test_removed_service_withdrawn_after_respawn(
     before = bird.import_counters(SESSION)
     data = yaml.safe_load(agent.config_path.read_text())
     data["services"] = [s for s in data["services"] if s["name"] != "api"]
+    data["defaults"]["drain_grace"] = 0.5
     agent.write_config(data)
     os.kill(agent.agent_pid(), signal.SIGKILL)
+    # DESIGN §3.6: a held route the config dropped is de-preferred first, then withdrawn.
+    wait_for(lambda: [r.med for r in bird.route(API)], lambda m: m == [4294967294], timeout_s=5)
     bird.wait_route(API, present=False, timeout_s=5)
-    assert (
-        "withdraw 192.0.2.20/32 to 198.51.100.1: no longer configured for this neighbor"
-        in agent.log()
-    )
+    assert "announce 192.0.2.20/32 med 4294967294" in agent.log()
+    assert "192.0.2.20/32 left the config: drained out" in agent.log()
     agent.wait_log("service web unknown -> up")
     after = bird.import_counters(SESSION)
-    # Exactly one withdraw (api's) and no announce: web saw nothing.
-    assert after.updates_received == before.updates_received, (before, after)
+    # One de-preferred announce and one withdraw, both api's: web saw nothing.
+    assert after.updates_received == before.updates_received + 1, (before, after)
     assert after.withdraws_received == before.withdraws_received + 1, (before, after)
     assert bird.route(WEB)
 

@@ -28,7 +28,13 @@ def agent_config(tmp_path: Path, **service: object) -> dict[str, object]:
                 {"address": "198.51.100.1", "local_address": "198.51.100.2", "peer_as": 65000}
             ],
         },
-        "defaults": {"interval": "100ms", "timeout": "80ms", "rise": 1, "fall": 1},
+        "defaults": {
+            "interval": "100ms",
+            "timeout": "80ms",
+            "rise": 1,
+            "fall": 1,
+            "drain_grace": "200ms",  # a prefix the config drops is de-preferred this long
+        },
         "services": [
             {
                 "name": "web",
@@ -185,7 +191,7 @@ def test_shutdown_notification_exits(tmp_path: Path, fake: list[FakeExabgp]) -> 
     assert f.wait_exit(3.0) < 1.0
 
 
-def test_held_route_of_removed_prefix_is_withdrawn_and_healthy_one_not_resent(
+def test_held_route_of_removed_prefix_is_drained_out_and_healthy_one_not_resent(
     tmp_path: Path, fake: list[FakeExabgp]
 ) -> None:
     head = (
@@ -199,6 +205,8 @@ def test_held_route_of_removed_prefix_is_withdrawn_and_healthy_one_not_resent(
     cfg = agent_config(tmp_path)
     f = FakeExabgp(write(tmp_path, cfg), held=held)
     fake.append(f)
+    # DESIGN §3.6: de-preferred first (GSHUT, max MED), withdrawn after drain_grace.
+    f.serve_until("announce route 192.0.2.99/32 next-hop self med 4294967294")
     f.serve_until("withdraw route 192.0.2.99/32")
     # The configured, healthy prefix is held as wanted: nothing is sent for it.
     assert f.read_line(1.0) is None
@@ -304,10 +312,12 @@ def test_sighup_reload_applies_a_valid_config_and_refuses_a_broken_one(
     path.write_text(yaml.safe_dump(cfg))
     f.proc.send_signal(signal.SIGHUP)
     f.serve_until("announce route 192.0.2.20/32")
-    # Removing it again withdraws it; the other service is left alone.
+    # Removing it again drains it out (one of two routes: no confirmation needed); the other
+    # service is left alone.
     services.pop()
     path.write_text(yaml.safe_dump(cfg))
     f.proc.send_signal(signal.SIGHUP)
+    f.serve_until("announce route 192.0.2.20/32 next-hop self med 4294967294")
     f.serve_until("withdraw route 192.0.2.20/32")
     assert f.read_line(1.0) is None
     f.proc.terminate()

@@ -95,3 +95,23 @@ async def test_eof_fails_the_pending_command() -> None:
     await reader
     with pytest.raises(SpeakerError, match="closed"):
         await channel.send("more")
+
+
+@pytest.mark.parametrize("arrival", ["whole", "in-pieces"])
+async def test_an_overlong_line_from_exabgp_is_skipped_not_fatal(arrival: str) -> None:
+    script = Script(lambda line: ["done"])
+    script.reader = asyncio.StreamReader(limit=1024)
+    channel, reader = await started(script)
+    long_line = b'{"type": "update", "junk": "' + b"x" * 5000 + b'"}\n'
+    if arrival == "whole":
+        script.reader.feed_data(long_line)
+    else:
+        for i in range(0, len(long_line), 700):  # the end arrives after the limit is passed
+            script.reader.feed_data(long_line[i : i + 700])
+            await asyncio.sleep(0)
+    script.feed(UP)
+    event = await asyncio.wait_for(channel.events.get(), 2)
+    assert isinstance(event, StateEvent)  # the line after it is read, intact
+    assert await channel.send("neighbor 198.51.100.1 withdraw route 192.0.2.10/32") is Ack.DONE
+    assert not reader.done()
+    reader.cancel()

@@ -198,3 +198,45 @@ def test_withdraw_on_exit_true_is_refused_with_a_pointer_to_drain(
     assert "anycast-agent drain --all" in problem
     assert main(["check-config", str(path)]) == 2
     assert "withdraw_on_exit" in capsys.readouterr().err
+
+
+BOMB = "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
+    for p, n in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b"1: x\npop: ams1\n", "key 1 is not a string"),
+        (b"# caf\xe9\npop: ams1\n", "not UTF-8 text: byte 5"),
+        (b"pop: ams1\nservices: []\npop: ams2\n", "duplicate key 'pop'"),
+        (b"pop: ams1\n_env_file: /etc/passwd\n", "_env_file: unknown key"),
+        (b"pop: ams1\n_cli_parse_args: true\n", "_cli_parse_args: unknown key"),
+        (b"pop: ams1\n_secrets_dir: /\n", "_secrets_dir: unknown key"),
+        (BOMB.encode() + b"pop: [*i]\n", "aliases expand to 926177116 YAML nodes"),
+        (b"pop: ams1\n#" + b"x" * (1 << 20) + b"\n", "over 1048576"),
+    ],
+    ids=[
+        "non-string-key",
+        "latin1",
+        "duplicate-key",
+        "env-file",
+        "cli-args",
+        "secrets-dir",
+        "billion-laughs",
+        "too-big",
+    ],
+)
+def test_hostile_files_are_config_errors_naming_what_is_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], raw: bytes, said: str
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert said in " ".join(raised.value.problems)
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err

@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from anycast_agent.config import HttpCheck
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.http import KEEPALIVE_MAX_REUSES, LeanHttpProbe
-from anycast_agent.probes.http_lean import BadResponse, ResponseParser, ServerClosed, dechunk
+from anycast_agent.probes.http_parse import (
+    CHUNK_LINE_LIMIT,
+    BadResponse,
+    ResponseParser,
+    ServerClosed,
+    dechunk,
+)
 from tests.unit.probes.conftest import HttpServer
 
 
@@ -264,3 +270,22 @@ def test_a_header_line_without_a_colon_is_refused() -> None:
     parser = ResponseParser(need_body=True, need_headers=False, head_only=False, limit=1024)
     with pytest.raises(BadResponse, match="invalid header line 'garbage'"):
         parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ngarbage\r\n\r\nok")
+
+
+def test_a_chunk_size_line_is_bounded() -> None:
+    # A hostile edge used to get 25 MiB buffered and 7 s of CPU out of one check.
+    with pytest.raises(BadResponse, match="chunk-size line longer than 64 bytes"):
+        dechunk(b"1" * (CHUNK_LINE_LIMIT + 1))
+    assert dechunk(b"5;ext=" + b"x" * 50) == (b"", False)  # still waiting, within the bound
+
+
+def test_tiny_chunks_cannot_make_the_parser_buffer_without_bound() -> None:
+    parser = ResponseParser(need_body=True, need_headers=False, head_only=False, limit=1024)
+    assert parser.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n") is None
+    response = None
+    fed = 0
+    while response is None and fed < 100_000:
+        response = parser.feed(b"1\r\nx\r\n" * 64)
+        fed += 64 * 6
+    assert response is not None and fed <= 2 * 1024 + 16 * 1024 + 64 * 6
+    assert response.body == b"x" * len(response.body)
