@@ -49,6 +49,29 @@ class HttpCheck(Strict):
             raise ValueError(f"invalid URL {v!r}")
         return v
 
+    @field_validator("host", "server_name")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        """Goes into the request's Host header or the TLS SNI: one token, never a line break
+        (a CRLF here injected request headers), ASCII by IDNA."""
+        if v is None:
+            return v
+        if not v or any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError(f"invalid host name {v!r}: no spaces or control characters")
+        if not v.isascii():
+            try:
+                return v.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise ValueError(f"invalid host name {v!r}: not a valid IDNA name") from None
+        return v
+
+    @field_validator("load_header")
+    @classmethod
+    def _header_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", v):
+            raise ValueError(f"invalid header name {v!r}")
+        return v
+
     @field_validator("body_regex")
     @classmethod
     def _regex(cls, v: str | None) -> str | None:

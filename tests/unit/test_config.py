@@ -240,3 +240,31 @@ def test_hostile_files_are_config_errors_naming_what_is_wrong(
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("host", "a\r\nX-Injected: 1", "no spaces or control characters"),
+        ("host", "edge one", "no spaces or control characters"),
+        ("server_name", "a\x00b", "no spaces or control characters"),
+        ("host", "xn--" + "a" * 70 + ".example", None),  # ASCII: taken as it is
+        ("load_header", "X-Load: 1", "invalid header name"),
+    ],
+)
+def test_strings_that_reach_a_request_are_validated(
+    tmp_path: Path, field: str, value: str, said: str | None
+) -> None:
+    data = mutate("services.0.targets.0.http." + field, value)
+    if said is None:
+        load_config(write(tmp_path, data))
+        return
+    with pytest.raises(ConfigError, match=said):
+        load_config(write(tmp_path, data))
+
+
+def test_a_non_ascii_host_becomes_its_idna_name(tmp_path: Path) -> None:
+    data = mutate("services.0.targets.0.http.host", "bücher.example")
+    config = load_config(write(tmp_path, data))
+    check = config.services[0].targets[0].http
+    assert check is not None and check.host == "xn--bcher-kva.example"
