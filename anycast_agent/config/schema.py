@@ -85,6 +85,9 @@ class Control(Strict):
     # Host names a request may carry (DNS rebinding defence); empty: the listen address,
     # localhost, 127.0.0.1 and ::1. Not checked on a unix socket.
     allowed_hosts: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9.:\[\]-]{1,255}$")], ...] = ()
+    # Connections at once; more are closed as they come (idle clients must not take the
+    # file descriptors the probes need).
+    max_connections: Annotated[int, Field(ge=1, le=4096)] = 64
 
     @field_validator("listen")
     @classmethod

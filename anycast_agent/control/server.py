@@ -15,6 +15,7 @@ from aiohttp import web
 
 from anycast_agent.config import Control
 from anycast_agent.control.api import MAX_BODY, Controller, make_app
+from anycast_agent.control.guard import HEAD_TIMEOUT_S, KEEPALIVE_S, MAX_CONNECTIONS, GuardedSite
 from anycast_agent.errors import ConfigError
 
 log = logging.getLogger("anycast_agent.control")
@@ -133,8 +134,12 @@ class ControlServer:
         max_body: int = MAX_BODY,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
         allowed_hosts: tuple[str, ...] = (),
+        max_connections: int = MAX_CONNECTIONS,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:
         self.listen = listen
+        self._guard_args = {"max_connections": max_connections, "head_timeout_s": head_timeout_s}
+        self.site: GuardedSite | None = None
         hosts = None if listen.startswith("unix:") else default_hosts(listen, allowed_hosts)
         self._app = make_app(controller, token, max_body=max_body, allowed_hosts=hosts)
         if shutdown_timeout_s <= 0:
@@ -160,7 +165,13 @@ class ControlServer:
             token = secrets.token_urlsafe(32)
         else:
             token = ensure_token(state_dir / TOKEN_FILE)
-        return cls(controller, control.listen, token, allowed_hosts=control.allowed_hosts)
+        return cls(
+            controller,
+            control.listen,
+            token,
+            allowed_hosts=control.allowed_hosts,
+            max_connections=control.max_connections,
+        )
 
     @property
     def app(self) -> web.Application:
@@ -184,10 +195,12 @@ class ControlServer:
             # aiohttp waits this long twice for a busy connection (let the handler finish, then
             # cancel it and wait again), and 0 means forever: half the budget each.
             shutdown_timeout=self._shutdown_timeout_s / 2,
+            keepalive_timeout=KEEPALIVE_S,
         )
         try:
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            self.site = GuardedSite(runner, sock, self._guard_args)
+            await self.site.start()
         except BaseException:
             sock.close()
             await runner.cleanup()

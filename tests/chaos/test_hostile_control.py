@@ -3,6 +3,7 @@ without the credential can move a route, on loopback too."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from tests.chaos.faults import SESSION, assert_no_update
 from tests.integration.agent_lab import AgentLab, ServiceSpec
 from tests.lab.fixtures import PopLabFactory
+from tests.lab.topology import PopLab
 from tests.lab.wait import wait_for
 
 WEB = "192.0.2.10/32"
@@ -62,3 +64,50 @@ def test_no_page_and_no_stranger_can_drain_the_pop(
     lab.pop.run([*drain, "--config", str(agent.config_path)])
     wait_for(lambda: [r.med for r in lab.bird.route(WEB)], lambda m: m == [4294967294], timeout_s=5)
     print(f"\n[R34] refused: {seen}; BIRD counters unchanged; the CLI with the made token drains")
+
+
+IDLE_CLIENTS = r"""
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[1])):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", 9179), timeout=1))
+    except OSError:
+        pass
+time.sleep(float(sys.argv[2]))
+print(len(held))
+"""
+
+
+def failed_probes(lab: PopLab) -> float:
+    out = lab.pop.run(["curl", "-sf", "http://127.0.0.1:9179/metrics"]).stdout
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in out.splitlines()
+        if line.startswith("anycast_agent_target_probes_total{") and 'result="failed"' in line
+    )
+
+
+@only_50
+def test_idle_connections_cannot_starve_the_probes(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    # R36: 500 idle connections against an agent allowed 256 open files.
+    lab = pop_lab_factory(exabgp_version=exabgp_version)
+    agent = AgentLab(lab, [ServiceSpec("web", [WEB], edges=[0, 1])])
+    agent.start()
+    lab.bird.wait_route(WEB, timeout_s=10)
+    agent.wait_log("announce 192.0.2.10/32")
+    subprocess.run(["prlimit", f"--pid={agent.agent_pid()}", "--nofile=256:"], check=True)
+    before, failed = lab.bird.import_counters(SESSION), failed_probes(lab)
+    mark = len(agent.log())
+    script = lab.workdir / "idle_clients.py"
+    script.write_text(IDLE_CLIENTS)
+    held = lab.pop.run([sys.executable, str(script), "500", "3"], timeout_s=60).stdout.strip()
+    assert_no_update(lab.bird, WEB, before, 0.5)
+    assert failed_probes(lab) == failed
+    assert "checker fault" not in agent.log()[mark:]
+    print(
+        f"\n[R36] 500 idle connections ({held} held at the client side) with 256 open files: "
+        "no failed probe, no UPDATE"
+    )

@@ -176,3 +176,33 @@ def test_the_hosts_a_request_may_name() -> None:
         "router1.example",
         "2001:db8::2",
     }
+
+
+async def test_idle_and_excess_connections_are_closed_and_requests_still_served() -> None:
+    # R36: idle or slow clients must never take the file descriptors the probes need.
+    server = ControlServer(
+        FakeController(), "127.0.0.1:0", TOKEN, max_connections=3, head_timeout_s=0.3
+    )
+    await server.start()
+    try:
+        host, port = server.address
+        idle = [await asyncio.open_connection(host, port) for _ in range(5)]
+        closed_at_once = 0
+        for reader, _ in idle[3:]:  # over the cap: closed as they come
+            closed_at_once += await asyncio.wait_for(reader.read(1), 1.0) == b""
+        assert closed_at_once == 2
+        _, slow_writer = idle[0]
+        slow_writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        for reader, _ in idle[:3]:  # no complete head within 0.3 s: cut
+            assert await asyncio.wait_for(reader.read(), 2.0) == b""
+        assert server.site is not None and server.site.guard is not None
+        assert server.site.guard.open == 0 and server.site.guard.cut == 3
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{host}:{port}/healthz") as resp,
+        ):
+            assert resp.status in (200, 503)
+        for _, writer in idle:
+            writer.close()
+    finally:
+        await server.stop()
