@@ -19,7 +19,13 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from anycast_agent.control import metrics
-from anycast_agent.control.auth import ApiError, authenticate, error_response, refuse_browsers
+from anycast_agent.control.auth import (
+    ApiError,
+    TokenBucket,
+    authenticate,
+    error_response,
+    refuse_browsers,
+)
 from anycast_agent.control.bodies import Body, DrainBody, MedBody, RampBody, ReloadBody, ResetBody
 from anycast_agent.control.status import status_json
 from anycast_agent.core.commands import Refusal, RefusalKind
@@ -37,6 +43,10 @@ from anycast_agent.core.snapshot import Snapshot
 log = logging.getLogger("anycast_agent.control")
 
 MAX_BODY = 16 * 1024
+# Operator changes: a burst of 20, then 5 a second (a script draining many services is fine;
+# a storm is answered 429 with Retry-After).
+CHANGES_BURST = 20
+CHANGES_PER_S = 5.0
 STALE_AFTER_S = 10.0
 
 JSON: TypeAlias = dict[str, Any]
@@ -63,6 +73,7 @@ class Settings:
     monotonic: Callable[[], float]
     wall_clock: Callable[[], float]
     allowed_hosts: frozenset[str] | None  # None: a unix socket (no Host to check)
+    changes: TokenBucket
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -224,6 +235,7 @@ def mutation_handler(intent: Mutation[B]) -> Callable[[web.Request], Awaitable[w
     async def handle(request: web.Request) -> web.Response:
         settings = request.app[SETTINGS]
         author = authenticate(settings.token, request.headers.get("Authorization", ""))
+        settings.changes.take()
         if request.content_type != "application/json":
             # A browser's "simple" request (text/plain, a form) can carry no JSON type.
             raise ApiError(415, "mutations take Content-Type: application/json",
@@ -335,7 +347,10 @@ def make_app(
         raise ValueError("an empty token would let any Bearer header through; pass None")
     app = web.Application(middlewares=[_errors], client_max_size=max_body)
     app[CONTROLLER] = controller
-    settings = Settings(token, max_body, stale_after_s, monotonic, wall_clock, allowed_hosts)
+    changes = TokenBucket(CHANGES_PER_S, CHANGES_BURST, monotonic)
+    settings = Settings(
+        token, max_body, stale_after_s, monotonic, wall_clock, allowed_hosts, changes
+    )
     app[SETTINGS] = settings
     for path, handler in READS:
         app.router.add_route("GET", path, handler)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -77,3 +78,26 @@ def refuse_browsers(headers: Mapping[str, str], allowed_hosts: frozenset[str] | 
         raise ApiError(403, "cross-origin requests are refused", {"origin": headers["Origin"]})
     if allowed_hosts is not None and host_of(headers.get("Host", "")) not in allowed_hosts:
         raise ApiError(403, "unknown Host", {"host": headers.get("Host", "")})
+
+
+class TokenBucket:
+    """At most `burst` changes at once, refilled at `rate_per_s` (R35): a storm of valid,
+    authenticated calls is answered 429 instead of flapping routes."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self.at = clock()
+
+    def take(self) -> None:
+        """One change, or ApiError 429 saying when to retry."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate_per_s)
+        self.at = now
+        if self.tokens < 1:
+            wait = math.ceil((1 - self.tokens) / self.rate_per_s)
+            raise ApiError(429, "too many changes", {"retry_after_s": wait},
+                           {"Retry-After": str(wait)})  # fmt: skip
+        self.tokens -= 1

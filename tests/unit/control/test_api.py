@@ -513,3 +513,22 @@ async def test_a_unix_socket_checks_no_host(make_client: Any) -> None:
     assert (await client.get("/v1/status", headers={"Host": "agent"})).status == 200
     resp = await client.get("/v1/status", headers={"Host": "agent", "Origin": "http://a.example"})
     assert resp.status == 403
+
+
+async def test_a_storm_of_changes_is_answered_429_with_retry_after(
+    make_client: Any, controller: FakeController
+) -> None:
+    # R35: valid, authenticated calls, as fast as a script can send them.
+    now = [1000.0]
+    client = await make_client(controller, monotonic=lambda: now[0])
+    statuses = []
+    for _ in range(30):
+        resp = await client.post("/v1/services/web/undrain", json={}, headers=AUTH)
+        statuses.append(resp.status)
+    assert statuses.count(200) == 20 and statuses[20:] == [429] * 10
+    assert resp.headers["Retry-After"] == "1"
+    assert len(controller.calls) == 20
+    now[0] += 1.0  # five more a second
+    assert [(await client.post("/v1/undrain", json={}, headers=AUTH)).status for _ in range(6)] == [
+        200
+    ] * 5 + [429]
