@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -245,11 +247,12 @@ def mutation_handler(intent: Mutation[B]) -> Callable[[web.Request], Awaitable[w
         given, reason = getattr(body, "author", None), getattr(body, "reason", None)
         call = Call(service, body, given if isinstance(given, str) else author)
         log.info(
-            "control: %s%s by %s (authenticated as %s)%s",
+            "control: %s%s by %s (authenticated as %s, peer %s)%s",
             intent.name,
             f" {service}" if service else "",
             call.author,
             author,
+            peer(request),
             f": {reason}" if isinstance(reason, str) else "",
         )
         result = await intent.apply(request.app[CONTROLLER], call)
@@ -257,6 +260,19 @@ def mutation_handler(intent: Mutation[B]) -> Callable[[web.Request], Awaitable[w
 
     handle.__name__ = f"intent_{intent.name.replace('-', '_')}"
     return handle
+
+
+def peer(request: web.Request) -> str:
+    """Who is on the other end, for the audit line: the address, or on a unix socket the
+    process, user and group the kernel vouches for (SO_PEERCRED)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return "unknown"
+    if sock.family == socket.AF_UNIX:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", creds)
+        return f"pid {pid} uid {uid} gid {gid}"
+    return str(request.remote)
 
 
 # --- reads ------------------------------------------------------------------------------------

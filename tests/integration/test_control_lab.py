@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +174,29 @@ def test_metrics_parse_and_follow_the_service(
     up = families["anycast_agent_service_up"].samples
     assert [(s.labels["service"], s.value) for s in up] == [("web", 1.0)]
     assert "anycast_agent_route_announced" in families
+
+
+@pytest.mark.parametrize("exabgp_version", ["5.0"])
+def test_another_local_user_cannot_use_the_unix_socket(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    # R34: on a unix socket the credential is the socket's mode (0660) and group.
+    agent = start(pop_lab_factory, exabgp_version, [ServiceSpec("web", [WEB], edges=[0])])
+    bird = agent.lab.bird
+    bird.wait_route(WEB, timeout_s=10)
+    agent.lab.workdir.chmod(0o711)  # others may reach the socket file, not read the folder
+    before = bird.import_counters("pop0_v4")
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    argv += ["-m", "anycast_agent", "drain", "--all", "--reason", "x", "--yes"]
+    out = subprocess.run(
+        [*argv, "--url", f"unix:{socket_path(agent)}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 3, out.stderr  # unreachable: permission denied
+    assert "Permission denied" in out.stderr
+    assert bird.import_counters("pop0_v4") == before and bird.route(WEB)
+    assert cli(agent, "drain", "--all", "--reason", "root may", "--yes").returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import stat
@@ -206,3 +207,22 @@ async def test_idle_and_excess_connections_are_closed_and_requests_still_served(
             writer.close()
     finally:
         await server.stop()
+
+
+async def test_a_change_over_the_unix_socket_is_audited_with_the_peers_credentials(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "control.sock"
+    server = ControlServer(FakeController(), f"unix:{path}", None)
+    await server.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="anycast_agent.control"):
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s,
+                s.post("http://agent/v1/undrain", json={}) as resp,
+            ):
+                assert resp.status == 200
+    finally:
+        await server.stop()
+    line = next(r.getMessage() for r in caplog.records if "control: undrain-pop" in r.getMessage())
+    assert f"pid {os.getpid()} uid {os.getuid()} gid {os.getgid()}" in line
