@@ -14,7 +14,7 @@ import concurrent.futures
 import errno
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anycast_agent.errors import AgentError
@@ -55,13 +55,6 @@ def vip_of(prefix: Prefix | str) -> Vip:
     (192.0.2.10/32 → 192.0.2.10/32, 2001:db8::10/128 → 2001:db8::10/128)."""
     net = ipaddress.ip_network(prefix, strict=False)
     return ipaddress.ip_interface(f"{net.network_address}/{net.prefixlen}")
-
-
-def withheld(prefixes: Iterable[Prefix], present: Iterable[Vip]) -> set[Prefix]:
-    """The prefixes whose address is missing (`check` mode treats them as down); an address
-    counts whatever prefix length it was configured with."""
-    addresses = {v.ip for v in present}
-    return {p for p in prefixes if p.network_address not in addresses}
 
 
 # What a netlink call may raise: the interface is gone, the kernel refused, or the socket failed.

@@ -16,11 +16,9 @@ from anycast_agent.netlink.addresses import (
     Addresses,
     InterfaceNotFound,
     vip_of,
-    withheld,
 )
 
 V4 = "192.0.2.10/32"
-V4_OTHER = "192.0.2.20/32"
 V6 = "2001:db8::10/128"
 
 
@@ -71,13 +69,6 @@ def test_vip_of_prefix() -> None:
     assert vip_of("198.51.100.0/24") == ipaddress.ip_interface("198.51.100.0/24")
 
 
-def test_withheld_is_the_prefixes_without_an_address() -> None:
-    prefixes = [ipaddress.ip_network(p) for p in (V4, V4_OTHER, V6)]
-    present = {ipaddress.ip_interface("192.0.2.10/24"), ipaddress.ip_interface(V6)}
-    # The address counts whatever prefix length it carries on the interface.
-    assert withheld(prefixes, present) == {ipaddress.ip_network(V4_OTHER)}
-
-
 async def test_add_remove_ipv4_idempotent(ns: Ns) -> None:
     vips = Addresses(ns.interface, netns=ns.name)
     assert not await vips.has(V4)
@@ -105,17 +96,18 @@ async def test_add_remove_ipv6_without_dad(ns: Ns) -> None:
     assert "2001:db8::10" not in ns.addr_show()
 
 
-async def test_check_mode_gate_sees_what_the_kernel_has(ns: Ns) -> None:
-    ip("-n", ns.name, "address", "add", V4, "dev", ns.interface)
+async def test_check_mode_listing_sees_what_the_kernel_has(ns: Ns) -> None:
+    # The listing the core's VIP gate decides from (VipsListed): addresses, whatever their
+    # prefix length on the interface.
+    ip("-n", ns.name, "address", "add", "192.0.2.10/24", "dev", ns.interface)
     vips = Addresses(ns.interface, netns=ns.name)
-    prefixes = [ipaddress.ip_network(V4), ipaddress.ip_network(V4_OTHER), ipaddress.ip_network(V6)]
-    assert withheld(prefixes, await vips.present()) == {
-        ipaddress.ip_network(V4_OTHER),
-        ipaddress.ip_network(V6),
-    }
+    present, problem = await vips.listing()
+    assert problem == "" and present is not None
+    assert "192.0.2.10" in present and "192.0.2.20" not in present and "2001:db8::10" not in present
     # An operator removing the address by hand is seen at the next look.
-    ip("-n", ns.name, "address", "del", V4, "dev", ns.interface)
-    assert ipaddress.ip_network(V4) in withheld(prefixes, await vips.present())
+    ip("-n", ns.name, "address", "del", "192.0.2.10/24", "dev", ns.interface)
+    present, _ = await vips.listing()
+    assert present is not None and "192.0.2.10" not in present
 
 
 async def test_missing_interface_is_named(ns: Ns) -> None:
@@ -126,6 +118,9 @@ async def test_missing_interface_is_named(ns: Ns) -> None:
         await vips.present()
     with pytest.raises(InterfaceNotFound, match="'vip-nope'"):
         await vips.remove(V4)
+    # What the agent lists instead: no addresses, and why (a checker fault, never a withdraw).
+    present, problem = await vips.listing()
+    assert present is None and "'vip-nope'" in problem
 
 
 async def test_present_on_another_interface(ns: Ns) -> None:
