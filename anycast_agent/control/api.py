@@ -45,6 +45,8 @@ from anycast_agent.core.snapshot import Snapshot
 log = logging.getLogger("anycast_agent.control")
 
 MAX_BODY = 16 * 1024
+# A body must arrive within this long of its head: a slow sender never holds a change open.
+BODY_TIMEOUT_S = 5.0
 # Operator changes: a burst of 20, then 5 a second (a script draining many services is fine;
 # a storm is answered 429 with Retry-After).
 CHANGES_BURST = 20
@@ -76,6 +78,7 @@ class Settings:
     wall_clock: Callable[[], float]
     allowed_hosts: frozenset[str] | None  # None: a unix socket (no Host to check)
     changes: TokenBucket
+    body_timeout_s: float
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -198,9 +201,13 @@ async def _body(request: web.Request, model: type[B]) -> B:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(request.content_length, limit)
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(None, limit) from None
+    except TimeoutError:
+        timeout = request.app[SETTINGS].body_timeout_s
+        raise ApiError(408, f"the body did not arrive within {timeout:g}s", None) from None
     if len(raw) > limit:
         raise _too_large(len(raw), limit)
     data: object = {}
@@ -357,6 +364,7 @@ def make_app(
     wall_clock: Callable[[], float] = time.time,
     mutations: Sequence[Mutation[Any]] = MUTATIONS,
     allowed_hosts: frozenset[str] | None = frozenset({"localhost", "127.0.0.1", "::1"}),
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> web.Application:
     """The control endpoint over `controller`; mutations need `Bearer token` unless it is None."""
     if token is not None and not token:
@@ -365,7 +373,14 @@ def make_app(
     app[CONTROLLER] = controller
     changes = TokenBucket(CHANGES_PER_S, CHANGES_BURST, monotonic)
     settings = Settings(
-        token, max_body, stale_after_s, monotonic, wall_clock, allowed_hosts, changes
+        token,
+        max_body,
+        stale_after_s,
+        monotonic,
+        wall_clock,
+        allowed_hosts,
+        changes,
+        body_timeout_s,
     )
     app[SETTINGS] = settings
     for path, handler in READS:

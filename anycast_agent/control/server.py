@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from anycast_agent.config import Control
-from anycast_agent.control.api import MAX_BODY, Controller, make_app
+from anycast_agent.control.api import BODY_TIMEOUT_S, MAX_BODY, Controller, make_app
 from anycast_agent.control.guard import HEAD_TIMEOUT_S, KEEPALIVE_S, MAX_CONNECTIONS, GuardedSite
 from anycast_agent.errors import ConfigError
 
@@ -136,12 +136,19 @@ class ControlServer:
         allowed_hosts: tuple[str, ...] = (),
         max_connections: int = MAX_CONNECTIONS,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.listen = listen
         self._guard_args = {"max_connections": max_connections, "head_timeout_s": head_timeout_s}
         self.site: GuardedSite | None = None
         hosts = None if listen.startswith("unix:") else default_hosts(listen, allowed_hosts)
-        self._app = make_app(controller, token, max_body=max_body, allowed_hosts=hosts)
+        self._app = make_app(
+            controller,
+            token,
+            max_body=max_body,
+            allowed_hosts=hosts,
+            body_timeout_s=body_timeout_s,
+        )
         if shutdown_timeout_s <= 0:
             raise ValueError(f"shutdown_timeout_s must be > 0, got {shutdown_timeout_s!r}")
         self._shutdown_timeout_s = shutdown_timeout_s

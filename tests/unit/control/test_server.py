@@ -226,3 +226,32 @@ async def test_a_change_over_the_unix_socket_is_audited_with_the_peers_credentia
         await server.stop()
     line = next(r.getMessage() for r in caplog.records if "control: undrain-pop" in r.getMessage())
     assert f"pid {os.getpid()} uid {os.getuid()} gid {os.getgid()}" in line
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_refused_and_changes_nothing() -> None:
+    controller = FakeController()
+    server = ControlServer(controller, "127.0.0.1:0", TOKEN, body_timeout_s=0.3)
+    await server.start()
+    try:
+        host, port = tcp_address(server)
+        reader, writer = await asyncio.open_connection(host, port)
+        head = (
+            f"POST /v1/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+        )
+        writer.write(head.encode() + b'{"reason": "sl')  # the rest never comes
+        started = time.monotonic()
+        head_back = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3.0)
+        assert head_back.startswith(b"HTTP/1.1 408"), head_back[:80]
+        length = next(
+            int(line.split(b":")[1])
+            for line in head_back.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = await asyncio.wait_for(reader.readexactly(length), 1.0)
+        assert b"the body did not arrive within 0.3s" in body
+        assert time.monotonic() - started < 2.0
+        assert controller.calls == []
+        writer.close()
+    finally:
+        await server.stop()
