@@ -14,6 +14,7 @@ import math
 from dataclasses import replace
 from typing import assert_never
 
+from anycast_agent.core.coalesce import Applied, drain_starts, gate
 from anycast_agent.core.commands import (
     Announce,
     Command,
@@ -48,7 +49,7 @@ from anycast_agent.core.events import (
     VipsListed,
 )
 from anycast_agent.core.health import TargetRecord, capacity
-from anycast_agent.core.intents import POP, Intents
+from anycast_agent.core.intents import Intents
 from anycast_agent.core.lifecycle import swapped, synced
 from anycast_agent.core.orphans import Orphans
 from anycast_agent.core.policy import Decision, decide
@@ -122,8 +123,8 @@ class Pop:
         self.orphans = Orphans()
         self.canary: ProbeResult | None = None  # the last check of the agent's own canary
         self._frozen: dict[str, tuple[Decision, int, float | None]] = {}
-        self._drained_at: dict[str, float] = {}
-        self.track_drains(started)
+        self.drain_starts = drain_starts({}, self.intents, started)
+        self.applied: dict[str, Applied] = {}  # the intents each service's routes follow now
         self._snap: Snapshot | None = None
         self.use(spec)
 
@@ -289,12 +290,13 @@ class Pop:
                 s for s, o in self.outcomes.items() if o.wake_at is not None and o.wake_at <= now
             }
             if now >= self._next_sweep:
-                self._next_sweep = now + TICK_S
                 only |= self._sweep_slice()
+        if now >= self._next_sweep:  # a full step sweeps too
+            self._next_sweep = now + TICK_S
         expired = self.intents.expire(at.wall)
         if expired is not self.intents:
             self.intents = expired
-            self.track_drains(at)
+            self.drain_starts = drain_starts(self.drain_starts, expired, at)
             out += [
                 info(f"operator intents expired; now: {expired.describe()}"),
                 Persist(None, expired),
@@ -352,18 +354,28 @@ class Pop:
         decision, lost, load = live or self._frozen[svc.name]
         held = svc.name in self.intents.ramp_holds
         mem = replace(self.memory.get(svc.name, Memory()), ramp_held=held)
-        drained = [self._drained_at[k] for k in (svc.name, POP) if k in self._drained_at]
+        now, interval = at.mono, svc.policy.min_update_interval_s
+        applied, pending = gate(
+            self.applied.get(svc.name), svc.name, self.intents, self.drain_starts, now, interval
+        )
+        self.applied[svc.name] = applied
         mem, outcome = evaluate(
             svc,
             mem,
             decision,
             lost,
             load,
-            self.intents,
-            at.mono,
-            min(drained, default=None),
+            applied.intents(),
+            now,
+            applied.drained_at,
             self.rib.held.keys(),
         )
+        if pending is not None:
+            wake = min(w for w in (pending, outcome.wake_at) if w is not None)
+            why = (
+                f"; operator change pending: applies in {pending - now:.1f}s (min_update_interval)"
+            )
+            outcome = replace(outcome, reason=outcome.reason + why, wake_at=wake)
         if faults:
             why = f"; health frozen: checker fault ({', '.join(faults)})"
             outcome = replace(outcome, reason=outcome.reason + why)
@@ -404,14 +416,6 @@ class Pop:
             faults.append(f"canary: {self.canary.reason}")
         return faults
 
-    def track_drains(self, at: Instant) -> None:
-        """When, on the monotonic clock, each drain began: now for a new one, `since` ago
-        (never in the future) for one read from disk; a re-drain keeps its start."""
-        self._drained_at = {
-            k: self._drained_at.get(k, at.mono - max(0.0, at.wall - d.since))
-            for k, d in self.intents.drains.items()
-        }
-
     def _route(self, command: RouteCommand, now: float) -> list[Command]:
         """The route command, or (`manage`) the VIP it needs first."""
         if isinstance(command, Announce):
@@ -426,6 +430,7 @@ class Pop:
         self._records = {(s, r.spec.name): r for s, rs in self.targets.items() for r in rs}
         self.services = {s.name: s for s in spec.services}
         self._frozen = {k: v for k, v in self._frozen.items() if k in self.services}
+        self.applied = {k: v for k, v in self.applied.items() if k in self.services}
         self.mapped = {
             RouteKey(n.address, str(p))
             for s in spec.services

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, assert_never
 
+from anycast_agent.core.coalesce import drain_starts
 from anycast_agent.core.commands import (
     Command,
     Persist,
@@ -173,7 +174,7 @@ def _accept(
     pop: Pop, ticket: int, request: OperatorRequest, intents: Intents, at: Instant
 ) -> list[Command]:
     pop.intents = intents
-    pop.track_drains(at)
+    pop.drain_starts = drain_starts(pop.drain_starts, intents, at)
     if isinstance(request, StateResetRequest):
         pop.state_unreadable = ""
         # What ExaBGP holds was de-preferred: coming back is a re-announce, so it ramps.

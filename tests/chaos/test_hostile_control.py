@@ -3,8 +3,10 @@ without the credential can move a route, on loopback too."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -111,3 +113,102 @@ def test_idle_connections_cannot_starve_the_probes(
         f"\n[R36] 500 idle connections ({held} held at the client side) with 256 open files: "
         "no failed probe, no UPDATE"
     )
+
+
+STORM = r"""
+import asyncio, json, sys, time
+
+TOKEN, RATE, SECONDS, CONNS = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), 16
+
+
+async def worker(index, statuses, deadline):
+    interval = CONNS / RATE
+    next_at, n = time.monotonic(), index
+    reader = writer = None
+    while time.monotonic() < deadline:
+        if writer is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", 9179)
+        path, body = ("/v1/drain", b'{"reason": "storm"}') if n % 2 == 0 else ("/v1/undrain", b"{}")
+        writer.write(
+            (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            + body
+        )
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            writer = None
+            statuses["reset"] = statuses.get("reset", 0) + 1
+            continue
+        lines = head.decode().split("\r\n")
+        length = next(int(l.split(":")[1]) for l in lines if l.lower().startswith("content-length"))
+        await reader.readexactly(length)
+        status = lines[0].split()[1]
+        statuses[status] = statuses.get(status, 0) + 1
+        n += 1
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def main():
+    statuses = {}
+    started = time.monotonic()
+    deadline = started + SECONDS
+    await asyncio.wait_for(
+        asyncio.gather(*(worker(i, statuses, deadline) for i in range(CONNS))), SECONDS + 10
+    )
+    print(json.dumps({"statuses": statuses, "elapsed": time.monotonic() - started}))
+
+
+asyncio.run(main())
+"""
+
+
+@only_50
+def test_a_storm_of_valid_calls_changes_the_route_at_most_once_per_interval(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    # R35: 1,000 authenticated drain/undrain calls a second for 10 s, min_update_interval 10 s.
+    lab = pop_lab_factory(exabgp_version=exabgp_version)
+    agent = AgentLab(lab, [ServiceSpec("web", [WEB], edges=[0, 1])])
+    agent.start()
+    lab.bird.wait_route(WEB, timeout_s=10)
+    agent.wait_log("announce 192.0.2.10/32")
+    token = (lab.workdir / "state" / "control.token").read_text().strip()
+    script = lab.workdir / "storm.py"
+    script.write_text(STORM)
+    before, failed = lab.bird.import_counters(SESSION), failed_probes(lab)
+    out_path = lab.workdir / "storm.out"
+    storm = lab.pop.popen([sys.executable, str(script), token, "1000", "10"], stdout_path=out_path)
+    seen: list[tuple[float, object]] = []  # each change of the route at BIRD, and when
+    started = time.monotonic()
+    ended = None  # the route is watched 2 s past the storm, for a change it left pending
+    while (ended is None or time.monotonic() < ended + 2) and time.monotonic() - started < 30:
+        if ended is None and storm.poll() is not None:
+            ended = time.monotonic()
+        attrs = [(r.med, r.as_path) for r in lab.bird.route(WEB)]
+        if not seen or seen[-1][1] != attrs:
+            seen.append((time.monotonic() - started, attrs))
+        time.sleep(0.1)
+    assert storm.wait(timeout=5) == 0
+    result = json.loads(out_path.read_text())
+    statuses, elapsed = result["statuses"], result["elapsed"]
+    sent = sum(statuses.values())
+    updates = lab.bird.import_counters(SESSION) - before
+    changes = updates.updates_received + updates.withdraws_received
+    print(
+        f"\n[R35] {sent} calls in {elapsed:.1f}s ({sent / elapsed:.0f}/s): {statuses}; "
+        f"{changes} UPDATE(s) at BIRD; route seen as {[(round(t, 1), a) for t, a in seen]}"
+    )
+    assert sent >= 8000, "the storm did not reach 800 calls a second"
+    assert statuses.get("429", 0) >= sent - 100
+    assert set(statuses) <= {"200", "409", "429"}  # accepted, undrain of no drain, too many
+    answered = statuses.get("200", 0) + statuses.get("409", 0)
+    assert 20 <= answered <= 20 + 5 * (elapsed + 1) + 10  # a burst of 20, then 5 a second
+    # The first change at once, the rest coalesced: at most one more, 10 s later.
+    assert 1 <= changes <= 2
+    assert len(seen) - 1 == changes
+    if changes == 2:
+        assert seen[2][0] - seen[1][0] >= 9.5
+    assert failed_probes(lab) == failed, "a probe of a healthy edge failed during the storm"

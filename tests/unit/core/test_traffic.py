@@ -3,16 +3,17 @@ adoption. Targets move by real probe results; routes are what the acked commands
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
 
 from anycast_agent.config import AgentConfig
-from anycast_agent.core.events import DrainRequest, SetMedRequest, UndrainRequest
+from anycast_agent.core.events import ClearMedRequest, DrainRequest, SetMedRequest, UndrainRequest
 from anycast_agent.core.intents import POP, Drain, Intents
 from anycast_agent.core.traffic import Phase
 from anycast_agent.model import MED_DRAIN, RouteAttrs, RouteKey
-from tests.unit.core.playbook import WALL0, Playbook, pop_config, tcp_targets
+from tests.unit.core.playbook import WALL0, Playbook, pop_config, routes_of, tcp_targets
 
 N4 = ["198.51.100.1", "198.51.100.5", "198.51.100.9", "198.51.100.13"]
 
@@ -334,3 +335,77 @@ def test_persisted_drain_at_start_never_announces() -> None:
     pb.health(0, "hhhh")
     assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
     assert not [c for c in pb.log if hasattr(c, "key")]
+
+
+def test_a_storm_of_drains_and_undrains_changes_each_route_at_most_once_per_interval() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    changes: dict[RouteKey, list[float]] = {}
+    t, step, accepted = 20.0, 0.1, 0
+    while t <= 40:  # 201 accepted calls in 20 s, alternating, the last a drain
+        kind = (
+            DrainRequest(None, "storm", "op") if accepted % 2 == 0 else UndrainRequest(None, "op")
+        )
+        accepted += pb.request(t, kind).refusal is None
+        for command in routes_of(pb.tick(t)):
+            changes.setdefault(command.key, []).append(t)
+        t = round(t + step, 1)
+    assert accepted == 201
+    assert len(changes) == 4  # every route moved, and each at most once per 10 s
+    for times in changes.values():
+        assert times[0] == 20.0
+        assert all(b - a >= 10 for a, b in itertools.pairwise(times)), times
+        assert len(times) == 2  # drained at 20, undrained at 30.1
+    # The last call (a drain at 40) applies when the interval has passed since the last
+    # change (30.1), and not before.
+    assert "operator change pending: applies in 0.1s" in pb.service().reason
+    assert pb.service().phase is Phase.UP and pb.meds() == {100}
+    assert pb.pop.outcomes["web"].wake_at == pytest.approx(40.1)
+    pb.tick(40.09)
+    assert pb.service().phase is Phase.UP
+    pb.tick(40.1)
+    assert pb.service().phase is Phase.DRAINING and pb.meds() == {MED_DRAIN}
+
+
+def test_a_med_override_cleared_at_once_applies_after_the_interval() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    assert pb.request(20, SetMedRequest("web", 5000, "test", "op")).refusal is None
+    pb.tick(20)
+    assert pb.meds() == {5000}  # the first change after a quiet interval: at once
+    assert pb.request(21, ClearMedRequest("web", "op")).refusal is None
+    assert routes_of(pb.tick(21)) == [] and pb.meds() == {5000}
+    assert "applies in 9.0s" in pb.service().reason
+    pb.tick(30)
+    assert pb.meds() == {100}
+
+
+def test_a_drain_held_back_starts_its_grace_when_it_applies() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    pb.request(20, DrainRequest(None, "a", "op"))
+    pb.tick(20)
+    pb.request(21, UndrainRequest(None, "op"))
+    pb.tick(21)
+    pb.tick(30)
+    assert pb.service().phase is Phase.UP  # the undrain applied at 30
+    pb.request(31, DrainRequest(None, "b", "op"))
+    pb.tick(31)
+    assert pb.service().phase is Phase.UP and pb.meds() == {100}
+    pb.tick(40)
+    assert pb.service().phase is Phase.DRAINING and pb.meds() == {MED_DRAIN}
+    pb.tick(69.9)
+    assert pb.service().phase is Phase.DRAINING  # 30 s of grace from 40, not from 31
+    pb.tick(70)
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+
+
+def test_health_never_waits_for_an_operator_change_held_back() -> None:
+    pb = started(no_ramp(targets=1))
+    pb.health(0, "h")
+    pb.request(20, DrainRequest(None, "a", "op"))
+    pb.tick(20)
+    pb.request(21, UndrainRequest(None, "op"))
+    pb.tick(21)
+    pb.health(22, "x")  # the edge dies while the undrain waits: withdrawn at once
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
