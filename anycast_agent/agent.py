@@ -40,11 +40,13 @@ from anycast_agent.speaker import Speaker, learn
 from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent, StateEvent, render
 from anycast_agent.state import count_start, save_last_good
 from anycast_agent.store import Store
+from anycast_agent.writer import LockBusy, WriterLock, own, started_by_exabgp
 
 log = logging.getLogger("anycast_agent")
 
 SETTLE_AFTER_RELOAD_S = 1.0
 EXIT_NO_ACKS = 3  # `run`'s exit code when ExaBGP does not acknowledge commands
+EXIT_BUSY = 4  # another agent holds the writer lock and this copy was started by hand
 FAULT_STALL_ENV = "ANYCAST_AGENT_FAULT_STALL_DECIDE_FILE"  # the watchdog drill (docs/deploy.md)
 _ACKS = {Ack.DONE: e.AckResult.DONE}  # anything else ExaBGP answers is a refusal
 
@@ -77,34 +79,33 @@ class Agent:
         self._probes: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._factory: ProbeFactory | None = None
+        self._lock: WriterLock | None = None
+        self.spawned = started_by_exabgp()  # the parent is ExaBGP: never exit over the lock
 
     def now(self) -> e.Instant:
         return e.Instant(self.clock(), self.wall())
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
-        starts = 0 if self.dry_run else count_start(self.config.state_dir)
-        intents, unreadable = self.store.load_or_unreadable()
-        about = About(__version__, self.wall(), starts, self.fallback, *fd_budget(self.config))
-        self.pop = Pop(
-            pop_spec(self.config), about, self.now(), intents, state_unreadable=unreadable
-        )
-        if self.control is not None and not await self.control.serve():
-            self.control = None
-        loop, code = asyncio.get_running_loop(), 0
+        loop = asyncio.get_running_loop()
         resolver = Resolver(**self.config.resolver.model_dump())
         async with asyncio.TaskGroup() as tg, ProbeFactory(resolver) as factory:
             self._tg, self._factory = tg, factory
-            # SIGHUP to the agent's own PID reloads (never to ExaBGP: it shuts down on SIGHUP).
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: tg.create_task(self.reload(), name="reload:sighup")
-            )
+            # stdin is read from the start (ExaBGP must never block on us), but nothing is sent
+            # and nothing is served before this process is the PoP's one writer.
             tasks = [
                 tg.create_task(self.speaker.read_forever(), name="speaker:read"),
                 tg.create_task(self._inbound(stop), name="speaker:events"),
                 tg.create_task(self._closed(stop), name="speaker:closed"),
             ]
-            if await self._sync():
+            code = await self._start(stop)
+            # SIGHUP to the agent's own PID reloads (never to ExaBGP: it shuts down on SIGHUP).
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: tg.create_task(self.reload(), name="reload:sighup")
+            )
+            if code != 0 or stop.is_set():
+                stop.set()
+            elif await self._sync():
                 settle_heap()
                 jobs = {
                     "decide": self._decide_forever(),
@@ -126,8 +127,31 @@ class Agent:
             await self.control.stop()
         self.notifier.stopping()
         self.notifier.close()
+        if self._lock is not None:
+            self._lock.close()
         log.info("agent stopped (routes stay as they are in ExaBGP)")
         return code
+
+    async def _start(self, stop: asyncio.Event) -> int:
+        """Become the PoP's one writer, then read the state and serve the endpoint; the exit
+        code when this process must not go on (0: go on)."""
+        if not self.dry_run:  # a dry run writes nothing, so it takes no lock
+            try:
+                self._lock = await own(self.config.state_dir, stop, under_exabgp=self.spawned)
+            except LockBusy as exc:
+                log.critical("%s", exc)
+                return EXIT_BUSY
+            if self._lock is None:
+                return 0
+        starts = 0 if self.dry_run else count_start(self.config.state_dir)
+        intents, unreadable = self.store.load_or_unreadable()
+        about = About(__version__, self.wall(), starts, self.fallback, *fd_budget(self.config))
+        self.pop = Pop(
+            pop_spec(self.config), about, self.now(), intents, state_unreadable=unreadable
+        )
+        if self.control is not None and not await self.control.serve():
+            self.control = None
+        return 0
 
     async def _sync(self) -> bool:
         """Learn the truth from ExaBGP: sessions, and the routes it holds (DESIGN §3.6)."""

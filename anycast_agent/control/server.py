@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import socket
 import stat
+import time
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -24,6 +27,8 @@ SOCKET_MODE = 0o660
 TOKEN_FILE = "control.token"  # in state_dir, made at the first start without a token_file
 # The agent must exit within 1 s of EOF from ExaBGP (DESIGN §3.6): stop() takes at most this.
 SHUTDOWN_TIMEOUT_S = 0.4
+BIND_RETRY_S = 5.0
+BIND_RETRY_EVERY_S = 0.1
 
 
 def load_token(path: Path | str) -> str:
@@ -154,6 +159,7 @@ class ControlServer:
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner: web.AppRunner | None = None
         self._address: tuple[str, int] | str | None = None
+        self._inode: int | None = None  # of the unix socket this process bound
 
     @classmethod
     def from_config(
@@ -215,22 +221,29 @@ class ControlServer:
         self._runner = runner
         name = sock.getsockname()
         self._address = name if isinstance(name, str) else (str(name[0]), int(name[1]))
+        self._inode = os.lstat(name).st_ino if isinstance(name, str) else None
         log.info("control endpoint listening on %s", self.describe())
 
-    async def serve(self) -> bool:
+    async def serve(self, retry_s: float = BIND_RETRY_S) -> bool:
         """`start`, but a failure to bind is logged, not raised: the agent runs on without its
-        endpoint (routes matter more than status); False then."""
-        try:
-            await self.start()
-        except OSError as exc:
-            log.critical(
-                "control endpoint %s unavailable (%s): running without status, metrics and "
-                "operator control",
-                self.listen,
-                exc.strerror or exc,
-            )
-            return False
-        return True
+        endpoint (routes matter more than status); False then. An address in use is tried
+        again for `retry_s`: the previous agent may still be letting it go (R8)."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                await self.start()
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                    await asyncio.sleep(BIND_RETRY_EVERY_S)
+                    continue
+                log.critical(
+                    "control endpoint %s unavailable (%s): running without status, metrics and "
+                    "operator control",
+                    self.listen,
+                    exc.strerror or exc,
+                )
+                return False
+            return True
 
     def _bind(self) -> socket.socket:
         if self.listen.startswith("unix:"):
@@ -251,9 +264,11 @@ class ControlServer:
         if runner is None:
             return
         await runner.cleanup()
-        if isinstance(self._address, str):
+        if isinstance(self._address, str) and self._inode is not None:
+            # Only the socket this process made: another agent's must survive our exit (R8).
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._address)
+                if os.lstat(self._address).st_ino == self._inode:
+                    os.unlink(self._address)
         log.info("control endpoint stopped")
 
     async def __aenter__(self) -> ControlServer:

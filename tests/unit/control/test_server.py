@@ -255,3 +255,18 @@ async def test_a_body_that_does_not_arrive_in_time_is_refused_and_changes_nothin
         writer.close()
     finally:
         await server.stop()
+
+
+async def test_stop_never_unlinks_a_socket_another_process_made(tmp_path: Path) -> None:
+    # R8: the old agent's exit must not take the new agent's socket with it.
+    path = tmp_path / "control.sock"
+    server = ControlServer(FakeController(), f"unix:{path}", None)
+    await server.start()
+    path.unlink()
+    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.bind(str(path))
+    try:
+        await server.stop()
+        assert path.exists() and stat.S_ISSOCK(path.lstat().st_mode)
+    finally:
+        theirs.close()
