@@ -29,7 +29,7 @@ from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec
 from anycast_agent.errors import RenderError, SpeakerError
 from anycast_agent.heap import settle_heap
-from anycast_agent.limits import fd_budget
+from anycast_agent.limits import fd_budget, prefer_oom_kill
 from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
@@ -143,6 +143,10 @@ class Agent:
                 return EXIT_BUSY
             if self._lock is None:
                 return 0
+            # Out of memory, the agent and its exec probes go before ExaBGP (it respawns us).
+            problem = prefer_oom_kill()
+            if problem:
+                log.warning("cannot raise oom_score_adj: %s", problem)
         starts = 0 if self.dry_run else count_start(self.config.state_dir)
         intents, unreadable = self.store.load_or_unreadable()
         about = About(__version__, self.wall(), starts, self.fallback, *fd_budget(self.config))

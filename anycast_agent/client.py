@@ -14,13 +14,14 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlsplit
 
 import yaml
 
+from anycast_agent.client_wait import wait_withdrawn
 from anycast_agent.core.intents import RampAction
 
 ENV_URL = "ANYCAST_AGENT_URL"
@@ -30,6 +31,8 @@ DEFAULT_TOKEN_FILE = Path("/etc/anycast-agent/token")
 DEFAULT_STATE_DIR = Path("/var/lib/anycast-agent")
 TIMEOUT_S = 10.0
 
+ON_STOP_TIMEOUT_S = 1.0
+WAIT_MAX_S = 300.0
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -155,10 +158,22 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser("drain", help="de-prefer then withdraw a service (or --all: the PoP)")
     p.add_argument("service", nargs="?", metavar="SERVICE")
     p.add_argument("--all", action="store_true", help="drain every service of this PoP")
-    p.add_argument("--reason", required=True, help="why (shown in status, kept in state)")
+    p.add_argument("--reason", help="why (shown in status, kept in state; required)")
     p.add_argument("--expires", metavar="DURATION", help="undrain by itself after e.g. 30m")
     p.add_argument("--author", help="who asks (default: the token's identity)")
     p.add_argument("--yes", action="store_true", help="do not ask before draining the PoP")
+    p.add_argument(
+        "--wait", action="store_true", help="return once ExaBGP holds none of the drained routes"
+    )
+    p.add_argument(
+        "--wait-max", type=float, default=WAIT_MAX_S, help="seconds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--on-stop",
+        action="store_true",
+        help="for the unit's ExecStop: not persisted (the next start is not drained), no "
+        f"question, and a no-op when the agent does not answer within {ON_STOP_TIMEOUT_S:g}s",
+    )
     _common(p)
 
     p = sub.add_parser("undrain", help="end a drain (the service ramps back)")
@@ -252,8 +267,13 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
         case "status":
             return "GET", "/v1/status", None
         case "drain":
-            body = _intent_body(args, reason=args.reason, expires_in=args.expires)
-            if args.all and not args.yes and not _confirmed("Drain every service of this PoP?"):
+            reason = args.reason or ("the unit is stopping" if args.on_stop else None)
+            if reason is None:
+                raise UsageError("drain: --reason is required")
+            body = _intent_body(args, reason=reason, expires_in=args.expires)
+            if args.on_stop:
+                body["on_stop"] = True
+            elif args.all and not args.yes and not _confirmed("Drain every service of this PoP?"):
                 raise UsageError("drain --all: not confirmed (--yes skips the question)")
             return "POST", _scope(args) + "/drain", body
         case "undrain":
@@ -291,13 +311,20 @@ def run_client(
     """Run one client command; return the exit code (0 ok, 1 refused, 2 usage, 3 unreachable)."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    on_stop = getattr(args, "on_stop", False)
     try:
         method, path, body = _request(args)
-        reply = _endpoint(args).request(method, path, body)
+        endpoint = _endpoint(args)
+        if on_stop:  # systemd also runs ExecStop after the agent exited: never hang there
+            endpoint = replace(endpoint, timeout_s=min(endpoint.timeout_s, ON_STOP_TIMEOUT_S))
+        reply = endpoint.request(method, path, body)
     except UsageError as exc:
         err.write(f"anycast-agent: {exc}\n")
         return EXIT_USAGE
     except Unreachable as exc:
+        if on_stop:
+            out.write(f"no agent answered ({exc}): nothing to drain\n")
+            return EXIT_OK
         err.write(f"anycast-agent: {exc}\n")
         return EXIT_UNREACHABLE
     if reply.status >= 400:
@@ -309,6 +336,22 @@ def run_client(
         )
     else:
         out.write(_done(args, reply.body))
+    if getattr(args, "wait", False):
+
+        def status() -> Any:
+            try:
+                return endpoint.request("GET", "/v1/status").body
+            except Unreachable:
+                if on_stop:  # it exited: ExaBGP's stop follows
+                    return None
+                raise
+
+        try:
+            done = wait_withdrawn(status, args.service, out, args.wait_max)
+        except Unreachable as exc:
+            err.write(f"anycast-agent: {exc}\n")
+            return EXIT_UNREACHABLE
+        return EXIT_OK if done else EXIT_REFUSED
     return EXIT_OK
 
 

@@ -27,7 +27,12 @@ class Unreadable(Exception):
 def encode(intents: Intents) -> bytes:
     data = {
         "format": FORMAT,
-        "drains": [asdict(d) for d in intents.drains.values()],
+        # A drain made for a stop is never written: the next start must not be drained.
+        "drains": [
+            {k: v for k, v in asdict(d).items() if k != "on_stop"}
+            for d in intents.drains.values()
+            if not d.on_stop
+        ],
         "meds": [asdict(m) for m in intents.meds.values()],
         "ramp_holds": sorted(intents.ramp_holds),
     }

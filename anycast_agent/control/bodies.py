@@ -53,6 +53,8 @@ class Body(BaseModel):
 class DrainBody(Body):
     reason: Reason
     expires_in: Expiry = None
+    # The unit is stopping (its ExecStop): the drain applies now and is never persisted.
+    on_stop: Annotated[bool, Field(strict=True)] = False
 
 
 class MedBody(Body):

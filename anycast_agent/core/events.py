@@ -111,6 +111,7 @@ class DrainRequest:
     reason: str
     author: str
     expires_in_s: float | None = None
+    on_stop: bool = False  # the unit is stopping: applies now, never persisted
 
 
 @dataclass(frozen=True, slots=True)

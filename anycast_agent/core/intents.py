@@ -27,6 +27,7 @@ class Drain:
     author: str
     since: float  # wall-clock seconds (persisted; survives restarts)
     expires: float | None = None
+    on_stop: bool = False  # made by the unit's ExecStop: never persisted
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,12 +64,15 @@ def change(
     expires = getattr(request, "expires_in_s", None)
     until = None if expires is None else at.wall + min(expires, MAX_EXPIRY_S)
     match request:
-        case DrainRequest(reason=reason, author=author):
+        case DrainRequest(reason=reason, author=author, on_stop=on_stop):
             existing = i.drains.get(key)
+            if on_stop and existing is not None:
+                return i  # already drained, and that drain is the operator's: it stays as it is
             since = (
                 existing.since if existing is not None else at.wall
             )  # a re-drain keeps its grace
-            return replace(i, drains={**i.drains, key: Drain(key, reason, author, since, until)})
+            drain = Drain(key, reason, author, since, until, on_stop)
+            return replace(i, drains={**i.drains, key: drain})
         case UndrainRequest():
             if key not in i.drains:
                 return Refusal(RefusalKind.CONFLICT, f"{what} is not drained")
@@ -109,8 +112,9 @@ def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Me
     or restart moves the stage; everything else lives in the intents)."""
     scope = "PoP" if request.service is None else request.service
     match request:
-        case DrainRequest(reason=reason, author=author):
-            return f"drain {scope} by {author}: {reason}", mem
+        case DrainRequest(reason=reason, author=author, on_stop=on_stop):
+            tail = " (for the stop: not persisted)" if on_stop else ""
+            return f"drain {scope} by {author}: {reason}{tail}", mem
         case UndrainRequest(author=author):
             return f"undrain {scope} by {author}", mem
         case SetMedRequest(med=med, reason=reason, author=author):
@@ -149,7 +153,8 @@ def submitted(pop: Pop, event: IntentSubmitted) -> list[Command]:
     )
     if isinstance(changed, Refusal):
         return [Reply(event.ticket, changed)]
-    if changed == pop.intents:  # nothing to write (a ramp advance, a repeated request)
+    unwritten = isinstance(event.request, DrainRequest) and event.request.on_stop
+    if changed == pop.intents or unwritten:  # a ramp advance, a repeat, a drain for a stop
         return _accept(pop, event.ticket, event.request, changed, event.at)
     pop.pending = Pending(event.ticket, event.request, changed)
     return [Persist(event.ticket, changed)]

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from anycast_agent import limits
+from anycast_agent.config import Defaults
 from tests.integration.agent_lab import INTERVAL_S, AgentLab, ServiceSpec
 from tests.lab.exabgp import ExabgpVersion
 from tests.lab.topology import PopLabFactory
@@ -29,7 +31,9 @@ from tests.lab.wait import assert_holds, wait_for
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 UNIT = "exabgp-anycast.service"
-DROPIN = UNITS / f"{UNIT}.d" / "vip-manage.conf"
+DROPINS = UNITS / f"{UNIT}.d"
+DROPIN = DROPINS / "vip-manage.conf"
+DRAIN_ON_STOP = DROPINS / "drain-on-stop.conf"
 MAX_EXPOSURE = 2.5
 FAULT_ENV = "ANYCAST_AGENT_FAULT_STALL_DECIDE_FILE"
 WEB = "192.0.2.10/32"
@@ -47,23 +51,29 @@ def systemd_analyze() -> str:
     return tool
 
 
-@pytest.fixture(params=["base", "vip-manage"])
+@pytest.fixture(params=["base", "vip-manage", "drain-on-stop"])
 def unit_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """The unit (and for `vip-manage` its drop-in) with ExecStart*/ExecReload pointing at
+    """The unit (and, unless `base`, the drop-in of that name) with its Exec* lines pointing at
     stand-ins: `verify` insists that the binaries exist, and /usr/bin/exabgp and
     /usr/bin/anycast-agent are not installed on a CI runner. Nothing else changes."""
     stub = tmp_path / "bin" / "stub"
     stub.parent.mkdir()
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
-    text = (UNITS / UNIT).read_text()
-    text = text.replace("/usr/bin/exabgp", str(stub)).replace("/usr/bin/anycast-agent", str(stub))
+
+    def stubbed(path: Path) -> str:
+        text = path.read_text()
+        return text.replace("/usr/bin/exabgp", str(stub)).replace(
+            "/usr/bin/anycast-agent", str(stub)
+        )
+
     units = tmp_path / "units"
     units.mkdir()
-    (units / UNIT).write_text(text)
-    if request.param == "vip-manage":
+    (units / UNIT).write_text(stubbed(UNITS / UNIT))
+    if request.param != "base":
+        dropin = DROPINS / f"{request.param}.conf"
         (units / f"{UNIT}.d").mkdir()
-        shutil.copy(DROPIN, units / f"{UNIT}.d" / DROPIN.name)
+        (units / f"{UNIT}.d" / dropin.name).write_text(stubbed(dropin))
     return units
 
 
@@ -88,7 +98,8 @@ def test_security_exposure(unit_dir: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout + out.stderr)
     assert match, out
     exposure = float(match.group(1))
-    variant = "with vip-manage.conf" if (unit_dir / f"{UNIT}.d").exists() else "base"
+    dropins = sorted(p.name for p in (unit_dir / f"{UNIT}.d").glob("*.conf"))
+    variant = f"with {', '.join(dropins)}" if dropins else "base"
     print(f"\n{UNIT} ({variant}): exposure {exposure} (limit {MAX_EXPOSURE})")
     assert exposure <= MAX_EXPOSURE
 
@@ -120,9 +131,21 @@ def test_unit_contract() -> None:
     assert one["RestrictAddressFamilies"] == "AF_INET AF_INET6 AF_UNIX AF_NETLINK"
     assert one["CapabilityBoundingSet"] == "" and one["AmbientCapabilities"] == ""
     assert one["NoNewPrivileges"] == "yes" and one["ProtectSystem"] == "strict"
+    # R21: room for the agent's fds with 2,000 targets, all exec (limits.py), an OOM kill of a
+    # probe or the agent does not stop the unit, and no ExecStop: stop sends nothing by itself.
+    assert int(one["LimitNOFILE"]) >= limits.BASE_FDS + limits.PER_TARGET["exec"] * 2000
+    assert int(one["TasksMax"]) >= 2 * 2000 and "MemoryMax" in one
+    assert one["OOMPolicy"] == "continue" and "OOMScoreAdjust" not in one  # it would be ExaBGP's
+    assert "ExecStop" not in one
     vip = {k: v[-1] for k, v in directives(DROPIN).items()}
     assert vip["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
     assert vip["AmbientCapabilities"] == "CAP_NET_ADMIN"
+    drain = {k: v[-1] for k, v in directives(DRAIN_ON_STOP).items()}
+    assert drain["ExecStop"] == (
+        "/usr/bin/anycast-agent drain --all --wait --on-stop --config /etc/anycast-agent/agent.yaml"
+    )
+    # The default grace, then the withdraw and its ack, with room (docs/deploy.md).
+    assert int(drain["TimeoutStopSec"].rstrip("s")) >= Defaults().drain_grace + 30
 
 
 # -- the watchdog contract with the real agent (needs the agent's notify integration) ------------

@@ -146,6 +146,8 @@ class FakeController:
         match request:
             case e.DrainRequest(service=service, reason=reason, author=author):
                 kw = {"reason": reason, "author": author, "expires_in_s": request.expires_in_s}
+                if request.on_stop:
+                    kw["on_stop"] = True
                 await self._record("drain", service, **kw)
             case e.UndrainRequest(service=service, author=author):
                 await self._record("undrain", service, author=author)

@@ -103,6 +103,19 @@ def test_status_table_escapes_control_characters() -> None:
             ["drain", "--all", "--reason", "PoP work", "--author", "alice"],
             ("drain", (None,), {"reason": "PoP work", "author": "alice", "expires_in_s": None}),
         ),
+        (
+            ["drain", "--all", "--on-stop"],
+            (
+                "drain",
+                (None,),
+                {
+                    "reason": "the unit is stopping",
+                    "author": "token",
+                    "expires_in_s": None,
+                    "on_stop": True,
+                },
+            ),
+        ),
         (["undrain", "web"], ("undrain", ("web",), {"author": "token"})),
         (["undrain", "--all"], ("undrain", (None,), {"author": "token"})),
         (
@@ -224,3 +237,31 @@ async def test_drain_all_asks_on_a_terminal(
     assert code == 0 and len(controller.calls) == 1
     code, _, _ = await run([*argv, "--yes"])  # --yes never asks (the answers are used up)
     assert code == 0 and len(controller.calls) == 2
+
+
+async def test_drain_on_stop_is_a_no_op_when_no_agent_answers_within_1s(tmp_path: Path) -> None:
+    # systemd runs ExecStop after the agent exited on its own too: it must neither hang nor fail.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)  # connections complete in the kernel; nobody ever answers
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        started = asyncio.get_running_loop().time()
+        code, out, err = await run(["drain", "--all", "--wait", "--on-stop", "--url", url])
+        took = asyncio.get_running_loop().time() - started
+    assert (code, err) == (0, "")
+    assert "nothing to drain" in out
+    assert took < 3.0
+    code, out, _ = await run(["drain", "--all", "--on-stop", "--url", f"unix:{tmp_path}/no.sock"])
+    assert code == 0 and "nothing to drain" in out
+
+
+async def test_drain_without_a_reason_is_a_usage_error() -> None:
+    code, _, err = await run(["drain", "web", "--url", "http://127.0.0.1:9"])
+    assert code == 2 and "--reason is required" in err
+
+
+async def test_drain_wait_gives_up_while_routes_are_held(agent: str, token_file: Path) -> None:
+    argv = ["drain", "web", "--reason", "r", "--wait", "--wait-max", "0.6"]
+    code, out, _ = await run([*argv, "--url", agent, "--token-file", str(token_file)])
+    assert code == 1
+    assert "waiting: ExaBGP still holds" in out and "gave up waiting after 0.6s" in out

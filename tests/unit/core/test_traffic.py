@@ -4,15 +4,24 @@ adoption. Targets move by real probe results; routes are what the acked commands
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
 
 from anycast_agent.config import AgentConfig
-from anycast_agent.core.events import ClearMedRequest, DrainRequest, SetMedRequest, UndrainRequest
+from anycast_agent.core.commands import Persist
+from anycast_agent.core.events import (
+    ClearMedRequest,
+    DrainRequest,
+    IntentSubmitted,
+    SetMedRequest,
+    UndrainRequest,
+)
 from anycast_agent.core.intents import POP, Drain, Intents
 from anycast_agent.core.traffic import Phase
 from anycast_agent.model import MED_DRAIN, RouteAttrs, RouteKey
+from anycast_agent.store import encode
 from tests.unit.core.playbook import WALL0, Playbook, pop_config, routes_of, tcp_targets
 
 N4 = ["198.51.100.1", "198.51.100.5", "198.51.100.9", "198.51.100.13"]
@@ -409,3 +418,28 @@ def test_health_never_waits_for_an_operator_change_held_back() -> None:
     pb.tick(21)
     pb.health(22, "x")  # the edge dies while the undrain waits: withdrawn at once
     assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+
+
+def test_a_drain_for_the_stop_applies_at_once_and_is_never_written() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    out = pb.send(IntentSubmitted(pb.at(20), 1, DrainRequest(None, "stop", "op", on_stop=True)))
+    assert not [c for c in out if isinstance(c, Persist)]
+    pb.tick(20)
+    assert pb.service().phase is Phase.DRAINING and pb.meds() == {MED_DRAIN}
+    assert "(for the stop: not persisted)" in " ".join(pb.logs())
+    # Whatever is written later (here a MED override) leaves the stop's drain out.
+    pb.request(21, SetMedRequest("web", 500, "x", "op"))
+    assert json.loads(encode(pb.pop.intents))["drains"] == []
+    pb.tick(50)
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+
+
+def test_a_drain_for_the_stop_leaves_an_operators_drain_as_it_is() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    pb.request(20, DrainRequest(None, "maintenance", "alice"))
+    before = pb.pop.intents
+    assert pb.request(21, DrainRequest(None, "stop", "op", on_stop=True)).refusal is None
+    assert pb.pop.intents == before
+    assert json.loads(encode(pb.pop.intents))["drains"][0]["reason"] == "maintenance"
