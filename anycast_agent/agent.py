@@ -30,13 +30,14 @@ from anycast_agent.core.spec import AddressMode, TargetSpec
 from anycast_agent.errors import RenderError, SpeakerError
 from anycast_agent.heap import settle_heap
 from anycast_agent.limits import fd_budget, prefer_oom_kill
+from anycast_agent.model import NeighborState
 from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.canary import canary_forever
 from anycast_agent.probes.resolver import Resolver
 from anycast_agent.probes.runner import probe_forever
-from anycast_agent.speaker import Speaker, learn
+from anycast_agent.speaker import Speaker, held_routes, learn
 from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent, StateEvent, render
 from anycast_agent.state import count_start, save_last_good
 from anycast_agent.store import Store
@@ -45,6 +46,7 @@ from anycast_agent.writer import LockBusy, WriterLock, own, started_by_exabgp
 log = logging.getLogger("anycast_agent")
 
 SETTLE_AFTER_RELOAD_S = 1.0
+RESYNC_AFTER_SESSION_S = 1.0
 EXIT_NO_ACKS = 3  # `run`'s exit code when ExaBGP does not acknowledge commands
 EXIT_BUSY = 4  # another agent holds the writer lock and this copy was started by hand
 FAULT_STALL_ENV = "ANYCAST_AGENT_FAULT_STALL_DECIDE_FILE"  # the watchdog drill (docs/deploy.md)
@@ -80,6 +82,7 @@ class Agent:
         self._tg: asyncio.TaskGroup | None = None
         self._factory: ProbeFactory | None = None
         self._lock: WriterLock | None = None
+        self._session_up = asyncio.Event()  # a session came up: re-read ExaBGP's routes soon
         self.spawned = started_by_exabgp()  # the parent is ExaBGP: never exit over the lock
 
     def now(self) -> e.Instant:
@@ -112,6 +115,8 @@ class Agent:
                     "watchdog": self.notifier.watchdog_loop(lambda: self.pop.last_progress),
                     "vips": self._vips_forever(),
                 }
+                if not self.dry_run:
+                    jobs["resync"] = self._resync_forever()
                 if self.config.canary:
                     report = lambda r: self._observe(e.CanaryObserved(self.now(), r))  # noqa: E731
                     jobs["canary"] = canary_forever(report)
@@ -183,6 +188,8 @@ class Agent:
             match await self.speaker.events.get():
                 case StateEvent(neighbor=peer, state=state, reason=reason):
                     await self._handle(e.NeighborChanged(self.now(), peer, state, reason))
+                    if state is NeighborState.ESTABLISHED:
+                        self._session_up.set()
                 case NotificationEvent(neighbor=peer, text=text):
                     log.warning("neighbor %s notification: %s", peer, text)
                 case ShutdownEvent():
@@ -204,6 +211,22 @@ class Agent:
             while fault and os.path.exists(fault):  # noqa: ASYNC110, ASYNC240 - fault drill only
                 await asyncio.sleep(0.05)  # no decision, so no progress and no watchdog ping
             await self._handle(e.Tick(self.now()))
+
+    async def _resync_forever(self) -> None:
+        """Read ExaBGP's adj-rib-out again every resync_interval, and soon after a session
+        came up: ExaBGP tells its API process nothing when it reloads its own config (R27)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.resync_interval):
+                    await self._session_up.wait()
+                    await asyncio.sleep(RESYNC_AFTER_SESSION_S)  # its re-sends go first
+            self._session_up.clear()
+            try:
+                held = await held_routes(self.speaker)
+            except SpeakerError as exc:
+                log.warning("re-reading ExaBGP's routes failed, tried again later: %s", exc)
+                continue
+            await self._handle(e.RibRead(self.now(), held))
 
     async def _vips_forever(self) -> None:
         while True:  # the mode may change with a reload

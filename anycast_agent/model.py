@@ -13,6 +13,9 @@ IPAddress: TypeAlias = IPv4Address | IPv6Address
 # The highest MED a route can carry; drain uses one less so an explicit override can still win.
 MED_MAX = 4294967295
 MED_DRAIN = 4294967294
+# ExaBGP holds the route without a MED: never what the agent sent (every MED it sends is
+# explicit), e.g. a static route of ExaBGP's own config after a reload (R27). Read only.
+MED_MISSING = -1
 GRACEFUL_SHUTDOWN = "65535:0"
 
 

@@ -289,6 +289,9 @@ class AgentConfig(BaseSettings):
     # How long checker faults may blind the agent to every target before they stop counting
     # as progress: the watchdog then fails the PoP closed, as for a hang (DESIGN §3.2a).
     checker_fault_max: Duration = 300.0
+    # How often ExaBGP's adj-rib-out is read again and corrected where it differs from what
+    # ExaBGP acknowledged (it reloaded its own config: R27); also soon after a session came up.
+    resync_interval: Annotated[Duration, Field(ge=1.0)] = 60.0
     canary: bool = True  # probe a loopback listener of the agent's own (DESIGN §3.2a)
     resolver: Resolving = Resolving()
     # Deprecated (DESIGN §3.6): exit never withdraws. `false` is still accepted, because

@@ -117,6 +117,13 @@ class SnapshotCollector(Collector):
         )
         writes.add_metric([], snap.state_write_errors)
         yield writes
+        corrections = _c(
+            "resync_corrections",
+            "Routes a re-read of ExaBGP's adj-rib-out found otherwise than acknowledged, and "
+            "corrected (ExaBGP reloaded its own config: R27).",
+        )
+        corrections.add_metric([], snap.resync_corrections)
+        yield corrections
         held = _g(
             "removal_held_routes",
             "Routes the config no longer lists, all held back: more than half of what ExaBGP "

@@ -118,6 +118,7 @@ def status_json(snap: Snapshot, wall_now: float) -> JSON:
         "checker_faults": {k.value: n for k, n in snap.checker_faults.items() if n},
         "canary_up": snap.canary_up,
         "state_write_errors": snap.state_write_errors,
+        "resync_corrections": snap.resync_corrections,
         "removal_held": snap.removal_held,
         "fd_limit": snap.fd_limit,
         "fd_needed": snap.fd_needed,

@@ -189,6 +189,15 @@ class ConfigSwapped:
 
 
 @dataclass(frozen=True, slots=True)
+class RibRead:
+    """ExaBGP's adj-rib-out read again (every resync_interval and after a session came up):
+    it may differ from what its acks said, if ExaBGP reloaded its own config (R27)."""
+
+    at: Instant
+    held: Mapping[RouteKey, RouteAttrs]
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelClosed:
     """ExaBGP's command channel is gone (stdin EOF)."""
 
@@ -215,5 +224,6 @@ Event = (
     | Persisted
     | ConfigSwapped
     | ChannelClosed
+    | RibRead
     | Tick
 )

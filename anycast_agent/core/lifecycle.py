@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from anycast_agent.core.commands import Command, StartProbe, info, warn
-from anycast_agent.core.events import ConfigSwapped, Synced
+from anycast_agent.core.events import ConfigSwapped, RibRead, Synced
 from anycast_agent.core.health import carry_targets
 from anycast_agent.core.intents import POP, Intents
 from anycast_agent.core.traffic import adopt
@@ -87,4 +87,24 @@ def refusals(intents: Intents, services: Collection[str]) -> list[str]:
     return [
         f"{why}, and the new config has no such service: keep its name, or undrain/clear it first"
         for why in (*drains, *meds)
+    ]
+
+
+def reread(pop: Pop, event: RibRead) -> list[Command]:
+    """ExaBGP's adj-rib-out read again: where it differs from what the acks said (ExaBGP
+    reloaded its own config, R27), the RIB takes ExaBGP's word and the next step corrects it."""
+    if not pop.synced:
+        return []
+    fixed = pop.rib.reread(event.held, pop.mapped)
+    if not fixed:
+        return []
+    pop.corrections += len(fixed)
+    pop.news(event.at)
+    shown = ", ".join(f"{k.prefix} to {k.neighbor}" for k in fixed[:3])
+    more = f" and {len(fixed) - 3} more" if len(fixed) > 3 else ""
+    return [
+        warn(
+            f"ExaBGP holds {len(fixed)} route(s) otherwise than it acknowledged ({shown}{more}): "
+            "correcting"
+        )
     ]

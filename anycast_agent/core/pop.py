@@ -43,6 +43,7 @@ from anycast_agent.core.events import (
     Persisted,
     ProbeObserved,
     ProbeSkipped,
+    RibRead,
     Synced,
     Tick,
     VipAdded,
@@ -50,11 +51,11 @@ from anycast_agent.core.events import (
 )
 from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import Intents
-from anycast_agent.core.lifecycle import swapped, synced
+from anycast_agent.core.lifecycle import reread, swapped, synced
 from anycast_agent.core.orphans import Orphans
 from anycast_agent.core.policy import Decision, decide
 from anycast_agent.core.requests import Pending, persisted, submitted
-from anycast_agent.core.rib import Rib
+from anycast_agent.core.rib import REFUSED_RETRY_S, Rib
 from anycast_agent.core.snapshot import About, Snapshot, build_snapshot
 from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec
 from anycast_agent.core.traffic import (
@@ -74,8 +75,6 @@ from anycast_agent.model import (
     RouteKey,
 )
 
-# How long a route ExaBGP refused (or a VIP the kernel refused) waits before it is tried again.
-REFUSED_RETRY_S = 30.0
 # Each step re-evaluates, besides the services with news and those whose timer is due, a slice
 # of the others, so every service is looked at again at least every SWEEP_S (load changes, the
 # safety net) without one step evaluating them all (200 services stalled probes ~15 ms a step).
@@ -113,6 +112,7 @@ class Pop:
         self.synced = False
         self.pending: Pending | None = None  # an operator request being written
         self.write_errors = 0  # Persist commands that failed
+        self.corrections = 0  # routes a re-read of ExaBGP's adj-rib-out found wrong
         self._stale: set[str] | None = None  # services with news; None: every service
         self._news_at = started.mono
         self._next_sweep = 0.0
@@ -165,6 +165,8 @@ class Pop:
                 out = persisted(self, event)
             case ConfigSwapped():
                 out = swapped(self, event)
+            case RibRead():
+                out = reread(self, event)
             case ChannelClosed():
                 self.channel_up = False
                 out = []
@@ -249,8 +251,9 @@ class Pop:
             case AckResult.DONE:
                 self.rib.accepted(command)
             case AckResult.ERROR:
-                self.rib.refused(command, now + REFUSED_RETRY_S)
-                return [error(f"ExaBGP refused {describe(command)}")]
+                retry_at = self.rib.refused(command, now)
+                again = "" if retry_at is None else f"; tried again in {retry_at - now:.0f}s"
+                return [error(f"ExaBGP refused {describe(command)}{again}")]
             case AckResult.TIMEOUT:
                 self.rib.unanswered(command, now + REFUSED_RETRY_S)
                 return []

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from anycast_agent.core.commands import Announce, RouteCommand, Withdraw
 from anycast_agent.model import RouteAttrs, RouteKey
 
+# How long a route ExaBGP refused waits before it is tried again, doubling with each refusal
+# in a row (R24: a config ExaBGP rejects must not become a command storm).
+REFUSED_RETRY_S = 30.0
+REFUSED_RETRY_MAX_S = 480.0
+
 
 @dataclass
 class Rib:
@@ -28,6 +33,8 @@ class Rib:
     resend: set[RouteKey] = field(default_factory=set)
     # Routes with a command sent and not yet answered: planned no further until its ack.
     in_flight: set[RouteKey] = field(default_factory=set)
+    # Refusals in a row of each route's announce (the retry backs off with them).
+    refusals: dict[RouteKey, int] = field(default_factory=dict)
 
     def plan(
         self,
@@ -76,6 +83,7 @@ class Rib:
     def accepted(self, command: RouteCommand) -> None:
         """ExaBGP answered `done`: it now holds what the command says."""
         self.blocked.pop(command.key, None)
+        self.refusals.pop(command.key, None)
         self.resend.discard(command.key)
         match command:
             case Announce(key=key, attrs=attrs):
@@ -83,14 +91,19 @@ class Rib:
             case Withdraw(key=key):
                 self.held.pop(key, None)
 
-    def refused(self, command: RouteCommand, retry_at: float) -> None:
-        """ExaBGP answered `error`: it did not take the command; it keeps what it had."""
+    def refused(self, command: RouteCommand, now: float) -> float | None:
+        """ExaBGP answered `error`: it did not take the command; it keeps what it had. The same
+        announce waits REFUSED_RETRY_S, doubling with each refusal in a row up to
+        REFUSED_RETRY_MAX_S; returns when it is tried again (None: a withdraw, not retried)."""
         if isinstance(command, Withdraw):
             # ExaBGP refuses a withdraw only for a neighbor it does not know: nothing is held.
             self.held.pop(command.key, None)
             self.blocked.pop(command.key, None)
-        else:
-            self.blocked[command.key] = (command, retry_at)
+            return None
+        count = self.refusals[command.key] = self.refusals.get(command.key, 0) + 1
+        retry_at: float = now + min(REFUSED_RETRY_S * 2.0 ** (count - 1), REFUSED_RETRY_MAX_S)
+        self.blocked[command.key] = (command, retry_at)
+        return retry_at
 
     def unanswered(self, command: RouteCommand, retry_at: float) -> None:
         """No ack in time: ExaBGP may or may not have applied it. Assume it did, and try the
@@ -102,6 +115,23 @@ class Rib:
                 self.resend.add(key)
             case Withdraw():
                 pass  # still held: the withdraw is planned again after retry_at
+
+    def reread(
+        self, theirs: Mapping[RouteKey, RouteAttrs], mapped: Collection[RouteKey]
+    ) -> list[RouteKey]:
+        """Take what ExaBGP says it holds for the mapped routes with no command in flight; the
+        routes where that differs from what its acks said (the next plan corrects them)."""
+        fixed = []
+        for key in sorted(mapped):
+            actual = theirs.get(key)
+            if key in self.in_flight or self.held.get(key) == actual:
+                continue
+            fixed.append(key)
+            if actual is None:
+                self.held.pop(key, None)
+            else:
+                self.held[key] = actual
+        return fixed
 
     def resend_neighbor(self, neighbor: str) -> None:
         """A session came up: re-send the wanted announces to that neighbor.

@@ -109,6 +109,7 @@ class Snapshot:
     services: tuple[ServiceSnapshot, ...]
     checker_faults: dict[CheckerFault, int] = field(default_factory=dict)  # how many now
     state_write_errors: int = 0
+    resync_corrections: int = 0  # routes a re-read of ExaBGP's adj-rib-out corrected
     removal_held: int = 0  # routes the config dropped, held back until --allow-withdraw
     canary_up: bool | None = None  # None: no canary (or no check of it yet)
     fd_limit: int = 0
@@ -198,6 +199,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
         services=tuple(services),
         checker_faults=_checker_faults(pop),
         state_write_errors=pop.write_errors,
+        resync_corrections=pop.corrections,
         removal_held=len(pop.orphans.since) if pop.orphans.held_back else 0,
         canary_up=None if pop.canary is None else pop.canary.ok,
         fd_limit=pop.about.fd_limit,

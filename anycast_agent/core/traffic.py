@@ -15,7 +15,14 @@ from anycast_agent.core.health import TargetRecord
 from anycast_agent.core.intents import Intents
 from anycast_agent.core.policy import Decision, ServiceStatus
 from anycast_agent.core.spec import OnDown, Policy, RampMode, ServiceSpec
-from anycast_agent.model import GRACEFUL_SHUTDOWN, MED_DRAIN, Family, RouteAttrs, RouteKey
+from anycast_agent.model import (
+    GRACEFUL_SHUTDOWN,
+    MED_DRAIN,
+    MED_MISSING,
+    Family,
+    RouteAttrs,
+    RouteKey,
+)
 
 # A drained service is announced with the local AS this many times (3 extra prepends).
 DRAIN_PATH_LENGTH = 4
@@ -387,7 +394,8 @@ def adopt(
         was_up=True,
         stage=stage,
         stage_since=now,
-        med=MedHold(sent=sample.med, last_change=now),
+        # A route held with no MED was not the agent's: its MED goes out at once.
+        med=MedHold() if sample.med == MED_MISSING else MedHold(sent=sample.med, last_change=now),
     )
 
 

@@ -28,6 +28,11 @@ class Speaker(Protocol):
     async def show(self, line: str, *, timeout_s: float = 5.0) -> list[str]: ...
 
 
+async def held_routes(speaker: Speaker) -> dict[RouteKey, RouteAttrs]:
+    """The routes ExaBGP holds now (its adj-rib-out); raises SpeakerError."""
+    return parse_adj_rib_out(await speaker.show(SHOW_ADJ_RIB_OUT))
+
+
 async def learn(speaker: Speaker) -> tuple[dict[str, NeighborState], dict[RouteKey, RouteAttrs]]:
     """What ExaBGP knows at the agent's start (a respawned process gets no state messages):
     the sessions and the routes it holds (DESIGN §3.6). Raises SpeakerError saying which
@@ -40,5 +45,4 @@ async def learn(speaker: Speaker) -> tuple[dict[str, NeighborState], dict[RouteK
             f"{exc.answer}: ExaBGP does not acknowledge commands; the agent needs "
             "exabgp.api.ack=true (ExaBGP's default)",
         ) from None
-    held = parse_adj_rib_out(await speaker.show(SHOW_ADJ_RIB_OUT))
-    return parse_neighbor_summary(summary), held
+    return parse_neighbor_summary(summary), await held_routes(speaker)

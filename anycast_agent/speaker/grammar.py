@@ -10,7 +10,7 @@ from ipaddress import ip_address, ip_network
 
 from anycast_agent.core.commands import Announce, Command, Withdraw
 from anycast_agent.errors import RenderError
-from anycast_agent.model import NeighborState, RouteAttrs, RouteKey
+from anycast_agent.model import MED_MISSING, NeighborState, RouteAttrs, RouteKey
 
 _SAFE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space, no control character
 _COMMUNITY = re.compile(r"^\d{1,5}:\d{1,5}$")
@@ -191,7 +191,7 @@ def parse_adj_rib_out(lines: list[str]) -> dict[RouteKey, RouteAttrs]:
         path = _AS_PATH.search(attrs)
         comm = _COMMUNITIES.search(attrs)
         held[key] = RouteAttrs(
-            med=int(med[1]) if med else 0,
+            med=int(med[1]) if med else MED_MISSING,
             as_path=tuple(int(a) for a in (path[1] or path[2]).split()) if path else (),
             communities=tuple((comm[1] or comm[2]).split()) if comm else (),
         )

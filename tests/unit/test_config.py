@@ -110,6 +110,11 @@ def test_bad_durations(bad: object) -> None:
         ),
         ("bgp.local_as", 0, "bgp.local_as: Input should be greater than or equal to 1 (got 0)"),
         (
+            "resync_interval",
+            "100ms",
+            "resync_interval: Input should be greater than or equal to 1 (got '100ms')",
+        ),
+        (
             "bgp.hold_time",
             "2s",
             "bgp.hold_time: hold_time must be 0 or between 3s and 65535s, got 2s",

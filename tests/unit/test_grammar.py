@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from anycast_agent.core.commands import Announce, Withdraw
 from anycast_agent.errors import RenderError
-from anycast_agent.model import NeighborState, RouteAttrs, RouteKey
+from anycast_agent.model import MED_MISSING, NeighborState, RouteAttrs, RouteKey
 from anycast_agent.speaker.grammar import (
     Ack,
     ShutdownEvent,
@@ -175,3 +175,13 @@ def test_neighbor_summary_down() -> None:
     assert parse_neighbor_summary(sample("exabgp-4.2", "show-neighbor-summary-down.txt")) == {}
     down = parse_neighbor_summary(sample("exabgp-5.0", "show-neighbor-summary-both-down.txt"))
     assert down == {"198.51.100.1": NeighborState.DOWN, "198.51.100.5": NeighborState.DOWN}
+
+
+def test_a_held_route_without_a_med_is_marked_as_not_the_agents() -> None:
+    # R27: a static route of ExaBGP's own config, after its reload, carries no MED.
+    line = (
+        "neighbor 198.51.100.1 local-ip 198.51.100.2 local-as 65001 peer-as 65000 router-id "
+        "198.51.100.2 family-allowed in-open ipv4 unicast 192.0.2.10/32 next-hop 198.51.100.2"
+    )
+    held = parse_adj_rib_out([line])
+    assert held == {RouteKey("198.51.100.1", "192.0.2.10/32"): RouteAttrs(med=MED_MISSING)}

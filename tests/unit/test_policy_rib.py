@@ -88,7 +88,7 @@ def test_held_route_outside_the_config_is_withdrawn_once() -> None:
 def test_refused_announce_waits_then_retries() -> None:
     rib = Rib()
     [cmd] = rib.plan({K1: A}, ALLOWED, now=0)
-    rib.refused(cmd, retry_at=30)
+    rib.refused(cmd, now=0)
     assert rib.plan({K1: A}, ALLOWED, now=10) == []
     assert rib.next_retry(now=10) == 30
     assert rib.plan({K1: A}, ALLOWED, now=30) == [Announce(K1, A, "service up")]
@@ -98,7 +98,7 @@ def test_refused_announce_waits_then_retries() -> None:
 def test_refused_med_change_does_not_hold_back_a_withdraw() -> None:
     rib = Rib(held={K1: A})
     [cmd] = rib.plan({K1: RouteAttrs(med=600)}, ALLOWED, now=0)
-    rib.refused(cmd, retry_at=30)
+    rib.refused(cmd, now=0)
     # ExaBGP still holds the old route: a service going down withdraws it at once.
     assert rib.plan({K1: None}, ALLOWED, now=1) == [Withdraw(K1, "service down")]
 
@@ -123,7 +123,7 @@ def test_unanswered_withdraw_is_retried_later() -> None:
 def test_refused_withdraw_is_not_repeated() -> None:
     rib = Rib(held={K1: A})
     [cmd] = rib.plan({K1: None}, ALLOWED, now=0)
-    rib.refused(cmd, retry_at=30)
+    rib.refused(cmd, now=0)
     assert rib.plan({K1: None}, ALLOWED, now=60) == []
 
 

@@ -33,6 +33,11 @@ REQUIRED_ALERTS = {
     "ExabgpChannelDown",
     "NeighborDown",
     "ProbeFailureRatioHigh",
+    "CheckerFault",
+    "FdLimitShort",
+    "StateWriteFailing",
+    "ExabgpRefusesRoutes",
+    "ExabgpRoutesCorrected",
 }
 
 

@@ -27,6 +27,7 @@ from anycast_agent.core.events import (
     NeighborChanged,
     Persisted,
     RampRequest,
+    RibRead,
     SetMedRequest,
     StateResetRequest,
     UndrainRequest,
@@ -35,7 +36,7 @@ from anycast_agent.core.events import (
 from anycast_agent.core.intents import RampAction
 from anycast_agent.core.lifecycle import refusals
 from anycast_agent.core.traffic import Phase
-from anycast_agent.model import NeighborState, RouteAttrs, RouteKey, TargetState
+from anycast_agent.model import MED_MISSING, NeighborState, RouteAttrs, RouteKey, TargetState
 from tests.unit.core.playbook import Playbook, pop_config, routes_of, tcp_targets
 
 N1, N2 = "198.51.100.1", "198.51.100.5"
@@ -136,7 +137,7 @@ def _service(name: str, prefix: str, **kw: Any) -> dict[str, Any]:
 # --- ExaBGP's answers and sessions ------------------------------------------------------------
 
 
-def test_refused_announce_is_retried_after_30s_and_visible_meanwhile() -> None:
+def test_refused_announce_is_retried_with_backoff_and_visible_meanwhile() -> None:
     pb = started(config())
     pb.auto_ack = None
     pb.health(0, "hhh")
@@ -147,7 +148,16 @@ def test_refused_announce_is_retried_after_30s_and_visible_meanwhile() -> None:
     assert routes_of(pb.tick(10)) == []
     assert pb.pop.next_deadline() is not None and pb.pop.next_deadline() <= 30  # type: ignore[operator]
     assert [type(c) for c in routes_of(pb.tick(30))] == [Announce]
-    assert "ExaBGP refused announce 192.0.2.10/32 med 100 to 198.51.100.1" in pb.logs()
+    refused = "ExaBGP refused announce 192.0.2.10/32 med 100 to 198.51.100.1"
+    assert f"{refused}; tried again in 30s" in pb.logs()
+    pb.ack(AckResult.ERROR, t=30)  # refused again: the wait doubles
+    assert f"{refused}; tried again in 60s" in pb.logs()
+    assert routes_of(pb.tick(89)) == []
+    assert [type(c) for c in routes_of(pb.tick(90))] == [Announce]
+    pb.ack(AckResult.DONE, t=90)
+    assert pb.routes() == {RouteKey(N1, WEB): A100}
+    assert pb.pop.rib.refusals == {}  # taken: the next refusal starts at 30 s again
+    assert pb.pop.snapshot().commands_acked[AckResult.ERROR] == 2
 
 
 def test_a_command_in_flight_is_not_sent_again_and_an_unanswered_one_is_retried() -> None:
@@ -487,3 +497,42 @@ def test_snapshot_is_built_once_per_change_and_says_announcing_while_ramping() -
     pb.tick(1)
     assert pb.pop.snapshot() is not snap
     assert not pb.service().announcing  # draining: de-preferred by the operator, not by health
+
+
+def test_a_reread_of_exabgp_corrects_what_it_lost_or_changed() -> None:
+    # R27: ExaBGP reloaded its own config; what it holds is no longer what it acknowledged.
+    pb = started(config())
+    pb.health(0, "hhh")
+    key = RouteKey(N1, WEB)
+    assert pb.routes() == {key: A100}
+    assert pb.send(RibRead(pb.at(1), {key: A100})) == []  # the same: nothing to say or do
+    out = pb.send(RibRead(pb.at(2), {}))  # ExaBGP lost the route
+    assert [m for m in pb.logs() if "otherwise than it acknowledged" in m] == [
+        f"ExaBGP holds 1 route(s) otherwise than it acknowledged ({WEB} to {N1}): correcting"
+    ]
+    assert routes_of(out) == []  # the step corrects it, as for any other change
+    [announce] = routes_of(pb.tick(2))
+    assert isinstance(announce, Announce) and announce.attrs == A100
+    pb.send(RibRead(pb.at(3), {key: RouteAttrs(5)}))  # ExaBGP holds another MED
+    [announce] = routes_of(pb.tick(3))
+    assert isinstance(announce, Announce) and announce.attrs == A100  # the explicit MED again
+    assert pb.pop.snapshot().resync_corrections == 2
+
+
+def test_a_reread_leaves_a_route_with_a_command_in_flight_alone() -> None:
+    pb = started(config())
+    pb.auto_ack = None
+    pb.health(0, "hhh")
+    assert len(pb.unanswered) == 1  # the announce is in flight
+    assert pb.send(RibRead(pb.at(1), {})) == []
+    assert pb.pop.snapshot().resync_corrections == 0
+
+
+def test_a_held_route_without_a_med_gets_the_wanted_med_at_once_after_a_restart() -> None:
+    # R27: after ExaBGP's SIGUSR2 the new agent finds ExaBGP's own route (no MED), not its
+    # own; adopting that as the MED sent would hold the correction for med_hold.
+    pb = Playbook(config())
+    key = RouteKey(N1, WEB)
+    pb.sync(held={key: RouteAttrs(MED_MISSING)})
+    pb.health(0.5, "hhh")
+    assert pb.routes() == {key: A100}
