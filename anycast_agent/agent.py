@@ -273,7 +273,7 @@ class Agent:
 
     async def _send(self, command: c.RouteCommand) -> None:
         try:
-            line = render(command)
+            line = render(command, self.pop.allowed_prefixes())
         except RenderError as exc:  # config validation makes this unreachable; never send it
             log.error("%s", exc)
             await self._handle(e.CommandAcked(self.now(), command, e.AckResult.ERROR))

@@ -428,8 +428,13 @@ class Pop:
         self.rib.in_flight.add(command.key)
         return [command]
 
+    def allowed_prefixes(self) -> frozenset[str]:
+        """The prefixes a command may name (DESIGN §4): configured, or held by ExaBGP."""
+        return self._configured | {k.prefix for k in self.rib.held}
+
     def use(self, spec: PopSpec) -> None:
         self.spec = spec
+        self._configured = frozenset(str(p) for s in spec.services for p in s.prefixes)
         self._records = {(s, r.spec.name): r for s, rs in self.targets.items() for r in rs}
         self.services = {s.name: s for s in spec.services}
         self._frozen = {k: v for k, v in self._frozen.items() if k in self.services}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 
@@ -12,58 +13,92 @@ from anycast_agent.core.commands import Announce, Command, Withdraw
 from anycast_agent.errors import RenderError
 from anycast_agent.model import MED_MISSING, NeighborState, RouteAttrs, RouteKey
 
-_SAFE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space, no control character
-_COMMUNITY = re.compile(r"^\d{1,5}:\d{1,5}$")
+_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space: fullmatch only, never `$`
+_LINE = re.compile(r"[\x20-\x7e]+")  # the whole command: one printable ASCII line
+_COMMUNITY = re.compile(r"(\d{1,5}):(\d{1,5})")
+MED_MAX = 0xFFFFFFFF
+ASN_MAX = 0xFFFFFFFF
+U16_MAX = 0xFFFF
 
 
-def _token(value: str, what: str) -> str:
-    if not _SAFE.match(value):
+def _token(value: object, what: str) -> str:
+    if type(value) is not str or not _SAFE.fullmatch(value):
         raise RenderError(f"refusing to send {what} {value!r}: not a single printable ASCII token")
     return value
 
 
-def _neighbor(text: str) -> str:
-    try:
-        return str(ip_address(_token(text, "neighbor")))
-    except ValueError:
-        raise RenderError(f"refusing to send neighbor {text!r}: not an IP address") from None
+def _integer(value: object, low: int, high: int, what: str) -> int:
+    # Exactly an int: a bool is an int to Python and would render as "True".
+    if type(value) is not int or not low <= value <= high:
+        raise RenderError(f"refusing to send {what} {value!r}: not an integer in {low}..{high}")
+    return value
 
 
-def _prefix(text: str) -> str:
+def _neighbor(text: object) -> str:
     try:
-        return str(ip_network(_token(text, "prefix"), strict=True))
+        address = str(ip_address(_token(text, "neighbor")))
     except ValueError:
-        raise RenderError(f"refusing to send prefix {text!r}: not a CIDR prefix") from None
+        address = ""
+    if address != text:  # canonical text only: what the core makes
+        raise RenderError(f"refusing to send neighbor {text!r}: not an IP address as written")
+    return address
+
+
+def _prefix(text: object, allowed: Container[str] | None) -> str:
+    try:
+        prefix = str(ip_network(_token(text, "prefix"), strict=True))
+    except ValueError:
+        prefix = ""
+    if prefix != text or "/" not in prefix:  # canonical CIDR text only: what the core makes
+        raise RenderError(f"refusing to send prefix {text!r}: not a CIDR prefix as written")
+    if allowed is not None and prefix not in allowed:
+        raise RenderError(
+            f"refusing to send prefix {prefix}: neither configured nor held by ExaBGP (DESIGN §4)"
+        )
+    return prefix
+
+
+def _community(value: object) -> str:
+    match = _COMMUNITY.fullmatch(_token(value, "community"))
+    halves = [int(half) for half in match.groups()] if match else []
+    if not halves or max(halves) > U16_MAX or value != f"{halves[0]}:{halves[1]}":
+        raise RenderError(f"refusing to send community {value!r}: not two 16-bit halves a:b")
+    return value
 
 
 def _attrs(attrs: RouteAttrs) -> str:
-    if not 0 <= attrs.med <= 0xFFFFFFFF:
-        raise RenderError(f"refusing to send MED {attrs.med!r}: outside 0..4294967295")
-    parts = [f"med {attrs.med}"]
+    parts = [f"med {_integer(attrs.med, 0, MED_MAX, 'MED')}"]
+    if type(attrs.as_path) is not tuple or type(attrs.communities) is not tuple:
+        raise RenderError(
+            f"refusing to send attributes {attrs!r}: as-path and communities are tuples"
+        )
     if attrs.as_path:
-        for asn in attrs.as_path:
-            if not (isinstance(asn, int) and 0 < asn < 0xFFFFFFFF):
-                raise RenderError(f"refusing to send AS {asn!r} in an as-path")
-        parts.append("as-path [" + " ".join(str(a) for a in attrs.as_path) + "]")
+        path = [str(_integer(asn, 1, ASN_MAX, "AS number")) for asn in attrs.as_path]
+        parts.append("as-path [" + " ".join(path) + "]")
     if attrs.communities:
-        for c in attrs.communities:
-            if not _COMMUNITY.match(_token(c, "community")):
-                raise RenderError(f"refusing to send community {c!r}")
-        parts.append("community [" + " ".join(attrs.communities) + "]")
+        parts.append("community [" + " ".join(_community(c) for c in attrs.communities) + "]")
     return " ".join(parts)
 
 
-def render(command: Command) -> str:
-    """One command line for ExaBGP (without the newline). Raises RenderError on unsafe values."""
+def render(command: Command, allowed: Container[str] | None = None) -> str:
+    """One command line for ExaBGP (without the newline). `allowed`: the prefixes that may be
+    sent (configured, or held by ExaBGP and being drained out: DESIGN §4; None: not checked).
+    Raises RenderError on anything else, before a byte is written."""
     match command:
-        case Announce(key=key, attrs=attrs):
-            return (
-                f"neighbor {_neighbor(key.neighbor)} announce route {_prefix(key.prefix)} "
-                f"next-hop self {_attrs(attrs)}"
+        case Announce(key=key, attrs=RouteAttrs() as attrs):
+            line = (
+                f"neighbor {_neighbor(key.neighbor)} announce route "
+                f"{_prefix(key.prefix, allowed)} next-hop self {_attrs(attrs)}"
             )
         case Withdraw(key=key):
-            return f"neighbor {_neighbor(key.neighbor)} withdraw route {_prefix(key.prefix)}"
-    raise RenderError(f"not a route command: {command!r}")  # pragma: no cover
+            line = (
+                f"neighbor {_neighbor(key.neighbor)} withdraw route {_prefix(key.prefix, allowed)}"
+            )
+        case _:
+            raise RenderError(f"refusing to send {command!r}: not a route command")
+    if not _LINE.fullmatch(line):  # pragma: no cover - every part is checked above
+        raise RenderError(f"refusing to send {line!r}: not one printable ASCII line")
+    return line
 
 
 SHOW_NEIGHBORS = "show neighbor summary"

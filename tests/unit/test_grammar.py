@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anycast_agent.core.commands import Announce, Withdraw
@@ -84,11 +86,40 @@ def test_render_golden(command: Announce | Withdraw, line: str) -> None:
         Announce(KEY, RouteAttrs(med=1, communities=("65001:1é",)), "t"),
         Announce(KEY, RouteAttrs(med=1, as_path=(0,)), "t"),
         Withdraw(RouteKey("198.51.100.1", "192.0.2.11/24"), "t"),
+        # What a `$` regex and a loose type check let through (issue "Hostile input II"):
+        Announce(KEY, RouteAttrs(med=1, communities=("65001:100\n",)), "t"),
+        Announce(KEY, RouteAttrs(med=True), "t"),  # type: ignore[arg-type]
+        Announce(KEY, RouteAttrs(med=100.0), "t"),  # type: ignore[arg-type]
+        Announce(KEY, RouteAttrs(med=1, as_path=(True,)), "t"),  # type: ignore[arg-type]
+        Announce(KEY, RouteAttrs(med=1, as_path=(2**32,)), "t"),
+        Announce(KEY, RouteAttrs(med=1, communities=("65536:1",)), "t"),
+        Announce(KEY, RouteAttrs(med=1, communities=("1:70000",)), "t"),
+        Announce(KEY, RouteAttrs(med=1, communities=("065001:100",)), "t"),
+        Announce(KEY, RouteAttrs(med=1, communities=(65001,)), "t"),  # type: ignore[arg-type]
+        Announce(RouteKey("198.51.100.1\n", "192.0.2.10/32"), RouteAttrs(med=1), "t"),
+        Announce(RouteKey("198.51.100.1", "192.0.2.10/32\n"), RouteAttrs(med=1), "t"),
     ],
 )
 def test_render_refuses_unsafe_values(bad: Announce | Withdraw) -> None:
     with pytest.raises(RenderError, match="refusing to send"):
         render(bad)
+
+
+def test_render_refuses_a_prefix_outside_the_allowlist() -> None:
+    allowed = {"192.0.2.10/32"}
+    assert render(Withdraw(KEY, "t"), allowed).endswith("withdraw route 192.0.2.10/32")
+    other = RouteKey("198.51.100.1", "203.0.113.0/24")
+    with pytest.raises(RenderError, match=r"203\.0\.113\.0/24: neither configured nor held"):
+        render(Announce(other, RouteAttrs(med=1), "t"), allowed)
+    with pytest.raises(RenderError, match="neither configured nor held"):
+        render(Withdraw(other, "t"), allowed)
+
+
+def test_the_largest_values_are_rendered() -> None:
+    attrs = RouteAttrs(med=2**32 - 1, as_path=(2**32 - 1,), communities=("65535:65535",))
+    assert render(Announce(KEY, attrs, "t")).endswith(
+        "med 4294967295 as-path [4294967295] community [65535:65535]"
+    )
 
 
 @given(
@@ -185,3 +216,95 @@ def test_a_held_route_without_a_med_is_marked_as_not_the_agents() -> None:
     )
     held = parse_adj_rib_out([line])
     assert held == {RouteKey("198.51.100.1", "192.0.2.10/32"): RouteAttrs(med=MED_MISSING)}
+
+
+# -- every check of the renderer, reached by generated commands --------------------------------
+
+ALLOWED = frozenset({"192.0.2.10/32", "192.0.2.11/32", "2001:db8::10/128"})
+CHECKS = ("none", "neighbor", "prefix", "allowlist", "med", "as_path", "community")
+INJECT = st.sampled_from(["\n", "\r", " ", "\x00", "é", "]", "\t", "\u2028"])
+GRAMMAR = re.compile(
+    r"neighbor (\S+) (?:withdraw route (\S+)|announce route (\S+) next-hop self med (\d+)"
+    r"(?: as-path \[(\d+(?: \d+)*)\])?(?: community \[(\d+:\d+(?: \d+:\d+)*)\])?)"
+)
+NOT_INT = st.one_of(st.booleans(), st.floats(allow_nan=True), st.text(max_size=5), st.none())
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[str, Announce | Withdraw]:
+    """A valid command, or one with exactly one field made invalid; the field's name."""
+    neighbor: object = draw(st.sampled_from(["198.51.100.1", "2001:db8:100::1"]))
+    prefix: object = draw(st.sampled_from(sorted(ALLOWED)))
+    med: object = draw(st.integers(0, 2**32 - 1))
+    as_path: list[object] = draw(st.lists(st.integers(1, 2**32 - 1), max_size=4))
+    communities: list[object] = [
+        f"{a}:{b}"
+        for a, b in draw(
+            st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)), max_size=3)
+        )
+    ]
+    check = draw(st.sampled_from(CHECKS))
+    match check:
+        case "neighbor":
+            neighbor = draw(
+                st.one_of(
+                    st.builds(lambda i: f"198.51.100.1{i}", INJECT),
+                    st.sampled_from(["host", "198.51.100.256", ""]),
+                    NOT_INT,
+                )
+            )
+        case "prefix":
+            prefix = draw(
+                st.one_of(
+                    st.builds(lambda i: f"192.0.2.10/32{i}", INJECT),
+                    st.sampled_from(["192.0.2.10/24", "192.0.2.10", "::/129"]),
+                    NOT_INT,
+                )
+            )
+        case "allowlist":
+            prefix = draw(st.sampled_from(["203.0.113.0/24", "0.0.0.0/0", "::/0", "192.0.2.12/32"]))
+        case "med":
+            med = draw(st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32), NOT_INT))
+        case "as_path":
+            bad = draw(st.one_of(st.integers(max_value=0), st.integers(min_value=2**32), NOT_INT))
+            as_path.insert(draw(st.integers(0, len(as_path))), bad)
+        case "community":
+            bad = draw(
+                st.one_of(
+                    st.builds(lambda i: f"65001:100{i}", INJECT),
+                    st.builds(lambda a: f"{a}:1", st.integers(min_value=65536)),
+                    st.sampled_from(["65001", "1:2:3", "01:1", "a:b", ""]),
+                    NOT_INT,
+                )
+            )
+            communities.insert(draw(st.integers(0, len(communities))), bad)
+    key = RouteKey(neighbor, prefix)  # type: ignore[arg-type]
+    if draw(st.booleans()) and check in ("none", "neighbor", "prefix", "allowlist"):
+        return check, Withdraw(key, "p")
+    attrs = RouteAttrs(med, tuple(as_path), tuple(communities))  # type: ignore[arg-type]
+    return check, Announce(key, attrs, "p")
+
+
+def test_every_check_of_the_renderer_is_reached_and_nothing_else_renders() -> None:
+    reached: Counter[str] = Counter()
+
+    @settings(max_examples=1400, derandomize=True, database=None)
+    @given(cases())
+    def check(case: tuple[str, Announce | Withdraw]) -> None:
+        field, command = case
+        try:
+            line = render(command, ALLOWED)
+        except RenderError:
+            assert field != "none", command
+            reached[field] += 1
+            return
+        assert field == "none", (field, command, line)
+        reached[field] += 1
+        m = GRAMMAR.fullmatch(line)
+        assert m is not None and line.isascii(), line
+        assert (m[2] or m[3]) in ALLOWED
+
+    check()
+    total = sum(reached.values())
+    # Every check is reached by a fair share of the examples (not 0 of 2,000, as before).
+    assert all(reached[c] >= total * 0.05 for c in CHECKS), reached
