@@ -13,7 +13,7 @@ APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus ngi
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit chaos demo bench clean
+.PHONY: all deps venv lint test unit chaos demo bench fuzz clean
 
 all: test
 
@@ -68,6 +68,12 @@ demo: deps venv
 # Benchmarks print their figures and the exact command; they are never pass/fail tests.
 bench: deps venv
 	$(PY) -m bench
+
+# Fuzzing (tests/fuzz): every outside-input surface at FUZZ_BUDGET inputs (100,000), seeded;
+# prints the count, the time and the seed. `make test` runs a small budget of the same targets.
+FUZZ_BUDGET ?= 100000
+fuzz: deps venv
+	$(PY) -m tests.fuzz --budget $(FUZZ_BUDGET) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED),)
 
 clean:
 	rm -rf $(VENV) $(VENV42) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -104,7 +104,10 @@ def load_config(path: Path | str) -> AgentConfig:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8 text: byte {exc.start}: {exc.reason}"]) from None
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)  # refuses control characters already (a YAMLError)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     try:
         node = loader.get_single_node()
         if node is not None and (size := _expanded(node, {})) > MAX_NODES:

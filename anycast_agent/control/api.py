@@ -216,6 +216,8 @@ async def _body(request: web.Request, model: type[B]) -> B:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "the body is not valid JSON", str(exc)) from None
+        except RecursionError:  # found by `make fuzz`: 5,000 `[` ended as a bare 500
+            raise ApiError(400, "the body is not valid JSON", "nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", {"got": type(data).__name__})
     try:

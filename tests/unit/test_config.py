@@ -219,6 +219,8 @@ BOMB = "".join(
         (b"pop: ams1\nservices: []\npop: ams2\n", "duplicate key 'pop'"),
         (b"pop: ams1\n_env_file: /etc/passwd\n", "_env_file: unknown key"),
         (b"pop: ams1\n_cli_parse_args: true\n", "_cli_parse_args: unknown key"),
+        # Found by `make fuzz`: the YAML reader refused it before the guarded block.
+        (b"\x00pop: ams1\n", "not valid YAML: unacceptable character #x0000"),
         (b"pop: ams1\n_secrets_dir: /\n", "_secrets_dir: unknown key"),
         (BOMB.encode() + b"pop: [*i]\n", "aliases expand to 926177116 YAML nodes"),
         (b"pop: ams1\n#" + b"x" * (1 << 20) + b"\n", "over 1048576"),
@@ -229,6 +231,7 @@ BOMB = "".join(
         "duplicate-key",
         "env-file",
         "cli-args",
+        "nul-byte",
         "secrets-dir",
         "billion-laughs",
         "too-big",

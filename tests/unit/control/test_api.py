@@ -284,7 +284,10 @@ async def test_invalid_bodies_are_422(
     assert controller.calls == []
 
 
-@pytest.mark.parametrize("raw", [b"{", b"not json", b"\xff\xfe", b'{"reason": "x",}'])
+@pytest.mark.parametrize(
+    "raw",
+    [b"{", b"not json", b"\xff\xfe", b'{"reason": "x",}', b"[" * 5000],  # the last: make fuzz
+)
 async def test_bad_json_is_400(client: Client, controller: FakeController, raw: bytes) -> None:
     resp = await client.post("/v1/services/web/drain", data=raw, headers=AUTH)
     assert resp.status == 400
