@@ -12,8 +12,7 @@ import pytest
 
 from tests.chaos.faults import SESSION, assert_no_update
 from tests.integration.agent_lab import AgentLab, ServiceSpec
-from tests.lab.fixtures import PopLabFactory
-from tests.lab.topology import PopLab
+from tests.lab.topology import PopLab, PopLabFactory
 from tests.lab.wait import wait_for
 
 WEB = "192.0.2.10/32"
@@ -22,17 +21,21 @@ URL = "http://127.0.0.1:9179/v1/drain"
 only_50 = pytest.mark.parametrize("exabgp_version", ["5.0"])
 
 
+def announcing(factory: PopLabFactory, version: str, edges: list[int]) -> AgentLab:
+    """The agent running under ExaBGP with service web up, its route at BIRD."""
+    agent = AgentLab(factory(exabgp_version=version), [ServiceSpec("web", [WEB], edges=edges)])
+    agent.start()
+    agent.lab.bird.wait_route(WEB, timeout_s=10)
+    agent.wait_log("announce 192.0.2.10/32")
+    return agent
+
+
 @only_50
 def test_no_page_and_no_stranger_can_drain_the_pop(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
-    agent = AgentLab(
-        pop_lab_factory(exabgp_version=exabgp_version), [ServiceSpec("web", [WEB], edges=[0])]
-    )
-    agent.start()
+    agent = announcing(pop_lab_factory, exabgp_version, edges=[0])
     lab = agent.lab
-    lab.bird.wait_route(WEB, timeout_s=10)
-    agent.wait_log("announce 192.0.2.10/32")
     token = (lab.workdir / "state" / "control.token").read_text().strip()
     bearer = f"Authorization: Bearer {token}"
     json_type = "Content-Type: application/json"
@@ -95,11 +98,8 @@ def test_idle_connections_cannot_starve_the_probes(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
     # R36: 500 idle connections against an agent allowed 256 open files.
-    lab = pop_lab_factory(exabgp_version=exabgp_version)
-    agent = AgentLab(lab, [ServiceSpec("web", [WEB], edges=[0, 1])])
-    agent.start()
-    lab.bird.wait_route(WEB, timeout_s=10)
-    agent.wait_log("announce 192.0.2.10/32")
+    agent = announcing(pop_lab_factory, exabgp_version, edges=[0, 1])
+    lab = agent.lab
     subprocess.run(["prlimit", f"--pid={agent.agent_pid()}", "--nofile=256:"], check=True)
     before, failed = lab.bird.import_counters(SESSION), failed_probes(lab)
     mark = len(agent.log())
@@ -170,11 +170,8 @@ def test_a_storm_of_valid_calls_changes_the_route_at_most_once_per_interval(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
     # R35: 1,000 authenticated drain/undrain calls a second for 10 s, min_update_interval 10 s.
-    lab = pop_lab_factory(exabgp_version=exabgp_version)
-    agent = AgentLab(lab, [ServiceSpec("web", [WEB], edges=[0, 1])])
-    agent.start()
-    lab.bird.wait_route(WEB, timeout_s=10)
-    agent.wait_log("announce 192.0.2.10/32")
+    agent = announcing(pop_lab_factory, exabgp_version, edges=[0, 1])
+    lab = agent.lab
     token = (lab.workdir / "state" / "control.token").read_text().strip()
     script = lab.workdir / "storm.py"
     script.write_text(STORM)

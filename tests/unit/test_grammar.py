@@ -230,6 +230,11 @@ GRAMMAR = re.compile(
 NOT_INT = st.one_of(st.booleans(), st.floats(allow_nan=True), st.text(max_size=5), st.none())
 
 
+def broken(valid: str, others: list[str]) -> st.SearchStrategy[object]:
+    """`valid` with a hostile character appended, another bad text, or not a string at all."""
+    return st.one_of(st.builds(lambda i: valid + i, INJECT), st.sampled_from(others), NOT_INT)
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[str, Announce | Withdraw]:
     """A valid command, or one with exactly one field made invalid; the field's name."""
@@ -246,21 +251,9 @@ def cases(draw: st.DrawFn) -> tuple[str, Announce | Withdraw]:
     check = draw(st.sampled_from(CHECKS))
     match check:
         case "neighbor":
-            neighbor = draw(
-                st.one_of(
-                    st.builds(lambda i: f"198.51.100.1{i}", INJECT),
-                    st.sampled_from(["host", "198.51.100.256", ""]),
-                    NOT_INT,
-                )
-            )
+            neighbor = draw(broken("198.51.100.1", ["host", "198.51.100.256", "", "::FFFF"]))
         case "prefix":
-            prefix = draw(
-                st.one_of(
-                    st.builds(lambda i: f"192.0.2.10/32{i}", INJECT),
-                    st.sampled_from(["192.0.2.10/24", "192.0.2.10", "::/129"]),
-                    NOT_INT,
-                )
-            )
+            prefix = draw(broken("192.0.2.10/32", ["192.0.2.10/24", "192.0.2.10", "::/129"]))
         case "allowlist":
             prefix = draw(st.sampled_from(["203.0.113.0/24", "0.0.0.0/0", "::/0", "192.0.2.12/32"]))
         case "med":
