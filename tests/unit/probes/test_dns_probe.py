@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import cast
 
+import dns.flags
+import dns.message
+import dns.rrset
 import pytest
 
 from anycast_agent.config import DnsCheck
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes import ProbeFactory
-from anycast_agent.probes.dns import encode_question
+from anycast_agent.probes.dns import question_name
 from tests.unit.probes.conftest import LOOPBACKS
 
 
@@ -157,15 +160,54 @@ async def test_port_unreachable(factory: ProbeFactory) -> None:
     assert result.reason == f"no DNS server at 127.0.0.1:{port} (port unreachable)"
 
 
-def test_question_wire_format() -> None:
-    assert encode_question("www.example.test", "A") == (
-        b"\x03www\x07example\x04test\x00" + b"\x00\x01\x00\x01"
-    )
-    assert encode_question("Example.TEST.", "SOA") == b"\x07Example\x04TEST\x00\x00\x06\x00\x01"
-    assert encode_question(".", "NS") == b"\x00\x00\x02\x00\x01"
+def test_question_names() -> None:
+    assert question_name("www.example.test").to_wire() == b"\x03www\x07example\x04test\x00"
+    assert question_name("Example.TEST.").to_text() == "Example.TEST."
+    assert question_name(".").to_wire() == b"\x00"
 
 
 @pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".test", ".".join(["abcdefgh"] * 32)])
 def test_bad_names_are_refused_at_build(name: str) -> None:
     with pytest.raises(ValueError, match="DNS name"):
-        encode_question(name, "A")
+        question_name(name)
+
+
+async def test_edns_is_sent_and_a_truncated_reply_is_asked_again_over_tcp(
+    factory: ProbeFactory,
+) -> None:
+    # The UDP reply says TC; the same server answers over TCP (dnspython's fallback).
+    received: list[str] = []
+
+    class Truncating(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.DatagramTransport, transport)
+
+        def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+            query = dns.message.from_wire(data)
+            received.append(f"udp edns={query.edns}")
+            reply = dns.message.make_response(query)
+            reply.flags |= dns.flags.TC
+            self.transport.sendto(reply.to_wire(), addr)
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        query = dns.message.from_wire(await reader.readexactly(size))
+        received.append("tcp")
+        reply = dns.message.make_response(query)
+        reply.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "192.0.2.1"))
+        wire = reply.to_wire()
+        writer.write(len(wire).to_bytes(2, "big") + wire)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(tcp, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Truncating, local_addr=("127.0.0.1", port))
+    try:
+        result = await query(factory, "127.0.0.1", port, "big.example.test")
+    finally:
+        transport.close()
+        server.close()
+    assert result.ok, result.reason
+    assert received == ["udp edns=0", "tcp"]
