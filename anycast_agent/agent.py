@@ -143,11 +143,18 @@ class Agent:
         if not self.dry_run:  # a dry run writes nothing, so it takes no lock
             try:
                 self._lock = await own(self.config.state_dir, stop, under_exabgp=self.spawned)
+                if self._lock is None:  # stopped while waiting for it
+                    return 0
             except LockBusy as exc:
                 log.critical("%s", exc)
                 return EXIT_BUSY
-            if self._lock is None:
-                return 0
+            except OSError as exc:  # an unwritable state_dir must not become a crash loop
+                log.critical(
+                    "cannot take the writer lock in %s (%s): running without it, so a second "
+                    "agent on this state_dir would not be kept out",
+                    self.config.state_dir,
+                    exc.strerror or exc,
+                )
             # Out of memory, the agent and its exec probes go before ExaBGP (it respawns us).
             problem = prefer_oom_kill()
             if problem:

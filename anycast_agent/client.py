@@ -46,7 +46,12 @@ class UsageError(Exception):
 
 
 class Unreachable(Exception):
-    """The agent could not be reached or did not answer (exit 3)."""
+    """The agent could not be reached or did not answer (exit 3). `gone`: nothing listens
+    there at all (refused, or no socket file), as opposed to a timeout or a cut connection."""
+
+    def __init__(self, message: str, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,8 @@ class Endpoint:
             response = conn.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(f"cannot reach the agent at {self.url}: {exc}") from None
+            gone = isinstance(exc, ConnectionRefusedError | FileNotFoundError)
+            raise Unreachable(f"cannot reach the agent at {self.url}: {exc}", gone) from None
         finally:
             conn.close()
         text = raw.decode("utf-8", "replace")
@@ -339,19 +345,17 @@ def run_client(
     if getattr(args, "wait", False):
 
         def status() -> Any:
+            """The status document; None when the agent is gone (it exited: nothing is left for
+            it to withdraw); Ellipsis when this attempt told nothing (asked again)."""
             try:
-                return endpoint.request("GET", "/v1/status").body
-            except Unreachable:
-                if on_stop:  # it exited: ExaBGP's stop follows
+                reply = endpoint.request("GET", "/v1/status")
+            except Unreachable as exc:
+                if exc.gone and on_stop:
                     return None
-                raise
+                return ...  # a timeout or a cut connection says nothing about the routes
+            return reply.body if reply.status == 200 else ...
 
-        try:
-            done = wait_withdrawn(status, args.service, out, args.wait_max)
-        except Unreachable as exc:
-            err.write(f"anycast-agent: {exc}\n")
-            return EXIT_UNREACHABLE
-        return EXIT_OK if done else EXIT_REFUSED
+        return EXIT_OK if wait_withdrawn(status, args.service, out, args.wait_max) else EXIT_REFUSED
     return EXIT_OK
 
 

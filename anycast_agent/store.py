@@ -27,12 +27,9 @@ class Unreadable(Exception):
 def encode(intents: Intents) -> bytes:
     data = {
         "format": FORMAT,
-        # A drain made for a stop is never written: the next start must not be drained.
-        "drains": [
-            {k: v for k, v in asdict(d).items() if k != "on_stop"}
-            for d in intents.drains.values()
-            if not d.on_stop
-        ],
+        # `intents.stopping` (the unit's drain for a stop) is never written: the next start
+        # must not be drained.
+        "drains": [asdict(d) for d in intents.drains.values()],
         "meds": [asdict(m) for m in intents.meds.values()],
         "ramp_holds": sorted(intents.ramp_holds),
     }

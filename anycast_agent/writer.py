@@ -37,6 +37,7 @@ class WriterLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)  # the first start makes it
         # O_CLOEXEC: exec probes must not inherit it (a probe outliving the agent would hold
         # the lock for it).
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -47,8 +48,9 @@ class WriterLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # a full disk: the lock holds, the PID is not shown
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
         return True
 
     def holder(self) -> int | None:

@@ -27,7 +27,7 @@ SOCKET_MODE = 0o660
 TOKEN_FILE = "control.token"  # in state_dir, made at the first start without a token_file
 # The agent must exit within 1 s of EOF from ExaBGP (DESIGN §3.6): stop() takes at most this.
 SHUTDOWN_TIMEOUT_S = 0.4
-BIND_RETRY_S = 5.0
+BIND_RETRY_S = 2.0
 BIND_RETRY_EVERY_S = 0.1
 
 
@@ -101,6 +101,8 @@ def _tcp_socket(host: str, port: int) -> socket.socket:
 def _unix_socket(path: str) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
+            if _answers(path):  # another agent's (a dry run must never take it over)
+                raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE), path)
             os.unlink(path)  # left by a previous run (a respawn does not clean up)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The socket is created with the process umask: narrow it around bind so the file is never
@@ -116,6 +118,16 @@ def _unix_socket(path: str) -> socket.socket:
     finally:
         os.umask(old)
     return sock
+
+
+def _answers(path: str) -> bool:
+    """Whether a process listens on the unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def default_hosts(listen: str, allowed: tuple[str, ...]) -> frozenset[str]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from anycast_agent.core.events import Instant
-from anycast_agent.core.intents import POP, Drain, Intents, MedOverride
+from anycast_agent.core.intents import POP, STOP, Drain, Intents, MedOverride
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +28,11 @@ class Applied:
 
     @property
     def effect(self) -> tuple[bool, int | None]:
-        """What the routes depend on: drained or not, and the MED override."""
-        return self.drain is not None, None if self.med is None else self.med.med
+        """What the routes depend on: drained (then a MED override means nothing), or the MED
+        override."""
+        if self.drain is not None:
+            return True, None
+        return False, None if self.med is None else self.med.med
 
     def intents(self) -> Intents:
         """These intents alone, for the decision step of their service."""
@@ -41,9 +44,8 @@ class Applied:
 def drain_starts(known: Mapping[str, float], intents: Intents, at: Instant) -> dict[str, float]:
     """When, on the monotonic clock, each drain began: now for a new one, `since` ago (never
     in the future) for one read from disk; one already `known` keeps its start."""
-    return {
-        k: known.get(k, at.mono - max(0.0, at.wall - d.since)) for k, d in intents.drains.items()
-    }
+    drains = {**intents.drains, **({STOP: intents.stopping} if intents.stopping else {})}
+    return {k: known.get(k, at.mono - max(0.0, at.wall - d.since)) for k, d in drains.items()}
 
 
 def gate(
@@ -58,22 +60,26 @@ def gate(
     waits). `starts` are the drains' starts (`drain_starts`); `applied` is None on the first
     step (a start, a new service), which takes the intents as they are."""
     drain = intents.drain_of(service)
-    if drain is not None and drain.service == POP:
+    # The drain for a stop never waits: the unit's stop timeout is counted from it.
+    urgent = drain is not None and drain is intents.stopping
+    if drain is not None and drain.service in (POP, STOP):
         drain = replace(drain, service=service)  # so that drain_of(service) finds it
     med = intents.meds.get(service)
     # The grace runs from the earliest drain that applies (a service drain added during a PoP
     # drain does not start it over).
-    started = min((starts[k] for k in (service, POP) if k in starts), default=now)
+    started = min((starts[k] for k in (service, POP, STOP) if k in starts), default=now)
     if applied is None:
         return Applied(drain, med, float("-inf"), started), None
     wanted = Applied(drain, med, applied.since, applied.drained_at)
     if wanted.effect == applied.effect:  # a new reason or author: no route changes
         return wanted, None
     ready = applied.since + interval
-    if now < ready:
+    if now < ready and not urgent:
         return applied, ready
     # A drain held back here starts its grace when it applies (the grace is the time routes
     # are de-preferred before the withdraw); one that goes on (a MED change while drained)
     # keeps its start.
     still = applied.drain is not None and drain is not None
-    return Applied(drain, med, now, applied.drained_at if still else max(started, ready)), None
+    return Applied(
+        drain, med, now, applied.drained_at if still else min(now, max(started, ready))
+    ), None

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 POP = "*"  # the key of a PoP-wide drain
+STOP = "*stop"  # the key of the drain for a stop (`Intents.stopping`) among drain starts
 # The furthest an operator's expiry may lie ahead: it is a wall-clock time (it outlives the
 # process), and a clock stepped far ahead must not make an intent last for years.
 MAX_EXPIRY_S = 30 * 86400.0
@@ -27,7 +28,6 @@ class Drain:
     author: str
     since: float  # wall-clock seconds (persisted; survives restarts)
     expires: float | None = None
-    on_stop: bool = False  # made by the unit's ExecStop: never persisted
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +47,14 @@ class Intents:
     drains: dict[str, Drain] = field(default_factory=dict)
     meds: dict[str, MedOverride] = field(default_factory=dict)
     ramp_holds: frozenset[str] = frozenset()
+    # The unit's ExecStop drains the PoP for the stop: a layer of its own, never persisted,
+    # never expiring, and never taking the place of an operator's drain.
+    stopping: Drain | None = None
 
     def drain_of(self, service: str) -> Drain | None:
-        """The drain that applies to `service`: its own, else the PoP-wide one."""
-        return self.drains.get(service) or self.drains.get(POP)
+        """The drain that applies to `service`: its own, else the PoP-wide one, else the
+        drain for the stop."""
+        return self.drains.get(service) or self.drains.get(POP) or self.stopping
 
     def expire(self, wall_now: float) -> Intents:
         """These intents without the ones whose expiry has passed."""
@@ -62,4 +66,5 @@ class Intents:
 
     def describe(self) -> str:
         parts = [f"drain {k}" for k in self.drains] + [f"med {k}" for k in self.meds]
+        parts += ["drain for the stop"] if self.stopping else []
         return ", ".join(parts) or "none"

@@ -95,7 +95,8 @@ def reread(pop: Pop, event: RibRead) -> list[Command]:
     reloaded its own config, R27), the RIB takes ExaBGP's word and the next step corrects it."""
     if not pop.synced:
         return []
-    fixed = pop.rib.reread(event.held, pop.mapped)
+    up = [n for n, state in pop.neighbors.items() if state is NeighborState.ESTABLISHED]
+    fixed = pop.rib.reread(event.held, pop.mapped, up)
     if not fixed:
         return []
     pop.corrections += len(fixed)

@@ -28,7 +28,15 @@ from anycast_agent.core.events import (
     StateResetRequest,
     UndrainRequest,
 )
-from anycast_agent.core.intents import MAX_EXPIRY_S, POP, Drain, Intents, MedOverride, RampAction
+from anycast_agent.core.intents import (
+    MAX_EXPIRY_S,
+    POP,
+    STOP,
+    Drain,
+    Intents,
+    MedOverride,
+    RampAction,
+)
 from anycast_agent.core.spec import ServiceSpec
 from anycast_agent.core.traffic import Memory
 
@@ -64,14 +72,18 @@ def change(
     expires = getattr(request, "expires_in_s", None)
     until = None if expires is None else at.wall + min(expires, MAX_EXPIRY_S)
     match request:
-        case DrainRequest(reason=reason, author=author, on_stop=on_stop):
+        case DrainRequest(on_stop=True) if key != POP:
+            return Refusal(RefusalKind.CONFLICT, "a drain for the stop covers the whole PoP")
+        case DrainRequest(reason=reason, author=author, on_stop=True):
+            if i.stopping is not None:
+                return i
+            return replace(i, stopping=Drain(STOP, reason, author, at.wall))
+        case DrainRequest(reason=reason, author=author):
             existing = i.drains.get(key)
-            if on_stop and existing is not None:
-                return i  # already drained, and that drain is the operator's: it stays as it is
             since = (
                 existing.since if existing is not None else at.wall
             )  # a re-drain keeps its grace
-            drain = Drain(key, reason, author, since, until, on_stop)
+            drain = Drain(key, reason, author, since, until)
             return replace(i, drains={**i.drains, key: drain})
         case UndrainRequest():
             if key not in i.drains:
@@ -134,6 +146,28 @@ def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Me
             assert_never(request)
 
 
+_STAGE_MOVES = frozenset({RampAction.ADVANCE, RampAction.RESTART})
+
+
+def _too_soon(pop: Pop, request: OperatorRequest, at: Instant) -> Refusal | None:
+    """A ramp advance or restart moves routes at once; like any operator change it may do so
+    once per min_update_interval (R35). Drains and MED overrides are accepted and applied
+    later instead (core/coalesce.py): an advance that waited could land at a worse time."""
+    if not isinstance(request, RampRequest) or request.action not in _STAGE_MOVES:
+        return None
+    applied, service = pop.applied.get(request.service), pop.services.get(request.service)
+    if applied is None or service is None:
+        return None
+    ready = applied.since + service.policy.min_update_interval_s
+    if at.mono >= ready:
+        return None
+    why = f"the routes of {request.service!r} changed by hand {at.mono - applied.since:.0f}s ago"
+    return Refusal(
+        RefusalKind.CONFLICT,
+        f"{why}; try again in {ready - at.mono:.0f}s (min_update_interval)",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """An operator request whose intents are being written; it applies on `Persisted`."""
@@ -148,6 +182,9 @@ def submitted(pop: Pop, event: IntentSubmitted) -> list[Command]:
     if pop.pending is not None:
         refusal = Refusal(RefusalKind.BUSY, "another operator change is being saved; retry")
         return [Reply(event.ticket, refusal)]
+    too_soon = _too_soon(pop, event.request, event.at)
+    if too_soon is not None:
+        return [Reply(event.ticket, too_soon)]
     changed = change(
         pop.intents, event.request, event.at, pop.services, pop.memory, pop.state_unreadable
     )
@@ -187,5 +224,9 @@ def _accept(
     line, mem = applied(request, pop.memory.get(request.service or "", Memory()), at)
     if isinstance(request, RampRequest):
         pop.memory[request.service] = mem
+        if request.action in _STAGE_MOVES and request.service in pop.applied:
+            # A stage moved by hand is an operator change of the routes like the others.
+            gate = pop.applied[request.service]
+            pop.applied[request.service] = replace(gate, since=at.mono)
     pop.news(at)
     return [info(line), Reply(ticket)]

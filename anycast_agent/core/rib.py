@@ -117,14 +117,19 @@ class Rib:
                 pass  # still held: the withdraw is planned again after retry_at
 
     def reread(
-        self, theirs: Mapping[RouteKey, RouteAttrs], mapped: Collection[RouteKey]
+        self,
+        theirs: Mapping[RouteKey, RouteAttrs],
+        mapped: Collection[RouteKey],
+        up: Collection[str],
     ) -> list[RouteKey]:
-        """Take what ExaBGP says it holds for the mapped routes with no command in flight; the
-        routes where that differs from what its acks said (the next plan corrects them)."""
+        """Take what ExaBGP says it holds for the mapped routes towards established neighbors
+        (`up`) with no command in flight; the routes where that differs from what its acks
+        said (the next plan corrects them). A down session's routes are left as they are: a
+        withdraw still owed to it must not be forgotten."""
         fixed = []
         for key in sorted(mapped):
             actual = theirs.get(key)
-            if key in self.in_flight or self.held.get(key) == actual:
+            if key.neighbor not in up or key in self.in_flight or self.held.get(key) == actual:
                 continue
             fixed.append(key)
             if actual is None:

@@ -205,7 +205,9 @@ _ADJ_ROUTE = re.compile(
 _MED = re.compile(r"\bmed (\d+)")
 # 4.2 writes `as-path [ 65001 65001 ]`, 5.0 writes `as-path ( 65001 65001 )`.
 _AS_PATH = re.compile(r"\bas-path (?:[\[(]\s*([\d\s]*?)\s*[\])]|(\d+))")
-_COMMUNITIES = re.compile(r"\bcommunity (?:\[\s*([^\]]*?)\s*\]|(\S+))")
+# Not inside `extended-community` or `large-community` (found by review: `target:...` crashed
+# the start whenever ExaBGP held such a route).
+_COMMUNITIES = re.compile(r"(?<![-\w])community (?:\[\s*([^\]]*?)\s*\]|(\S+))")
 
 
 def parse_adj_rib_out(lines: list[str]) -> dict[RouteKey, RouteAttrs]:
@@ -228,9 +230,20 @@ def parse_adj_rib_out(lines: list[str]) -> dict[RouteKey, RouteAttrs]:
         held[key] = RouteAttrs(
             med=int(med[1]) if med else MED_MISSING,
             as_path=tuple(int(a) for a in (path[1] or path[2]).split()) if path else (),
-            communities=tuple((comm[1] or comm[2]).split()) if comm else (),
+            communities=_standard((comm[1] or comm[2]).split()) if comm else (),
         )
     return held
+
+
+def _standard(words: list[str]) -> tuple[str, ...]:
+    """The a:b communities among what ExaBGP printed; names such as `no-export` are dropped
+    (the agent never sends them, and they could not be sent back when draining a route out)."""
+    out = []
+    for word in words:
+        match = _COMMUNITY.fullmatch(word)
+        if match and max(int(half) for half in match.groups()) <= U16_MAX:
+            out.append(f"{int(match[1])}:{int(match[2])}")
+    return tuple(out)
 
 
 def parse_neighbor_summary(lines: list[str]) -> dict[str, NeighborState]:

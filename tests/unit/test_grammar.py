@@ -301,3 +301,18 @@ def test_every_check_of_the_renderer_is_reached_and_nothing_else_renders() -> No
     total = sum(reached.values())
     # Every check is reached by a fair share of the examples (not 0 of 2,000, as before).
     assert all(reached[c] >= total * 0.05 for c in CHECKS), reached
+
+
+def test_extended_and_named_communities_are_not_taken_for_standard_ones() -> None:
+    # Found by review: `target:65001:1` from an extended community reached the core, and
+    # sorting communities for the drain-out of that route raised on every start.
+    line = (
+        "neighbor 198.51.100.1 local-ip 198.51.100.2 local-as 65001 peer-as 65000 router-id "
+        "198.51.100.2 family-allowed in-open ipv4 unicast 203.0.113.0/24 next-hop 198.51.100.2 "
+        "med 5 extended-community [ target:65001:1 ] community [ no-export 65001:7 ]"
+    )
+    [attrs] = parse_adj_rib_out([line]).values()
+    assert attrs == RouteAttrs(med=5, communities=("65001:7",))
+    line2 = line.replace(" community [ no-export 65001:7 ]", "")
+    [attrs2] = parse_adj_rib_out([line2]).values()
+    assert attrs2.communities == ()

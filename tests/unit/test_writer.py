@@ -113,3 +113,15 @@ def test_started_by_exabgp_reads_the_parents_command_line() -> None:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"  # exec'd by now
         assert started_by_exabgp(proc.pid)
         proc.kill()
+
+
+async def test_a_missing_state_dir_is_made_and_an_unusable_one_is_an_os_error(
+    tmp_path: Path,
+) -> None:
+    # The agent logs it and runs without the lock (agent._start): never a crash loop.
+    lock = await own(tmp_path / "new" / "state", asyncio.Event(), under_exabgp=True)
+    assert lock is not None and (tmp_path / "new" / "state" / LOCK_FILE).exists()  # made
+    lock.close()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        await own(tmp_path / "file" / "state", asyncio.Event(), under_exabgp=True)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from anycast_agent.client import add_client_commands, format_status, run_client
+from anycast_agent.client_wait import wait_withdrawn
 from anycast_agent.control.api import status_json
 from anycast_agent.control.server import ControlServer
 from anycast_agent.core.commands import Refusal, RefusalKind
@@ -265,3 +266,14 @@ async def test_drain_wait_gives_up_while_routes_are_held(agent: str, token_file:
     code, out, _ = await run([*argv, "--url", agent, "--token-file", str(token_file)])
     assert code == 1
     assert "waiting: ExaBGP still holds" in out and "gave up waiting after 0.6s" in out
+
+
+def test_drain_wait_never_takes_a_failed_status_for_withdrawn() -> None:
+    # Review: a 500 or a timeout while waiting printed "withdrawn" and let ExaBGP stop.
+    answers = iter([..., {"error": "boom"}, {"services": [{"name": "web", "routes": []}]}])
+    out = io.StringIO()
+    assert wait_withdrawn(lambda: next(answers), "web", out, 5.0)
+    assert out.getvalue().splitlines() == ["withdrawn: ExaBGP holds none of the drained routes"]
+    out = io.StringIO()
+    assert not wait_withdrawn(lambda: ..., "web", out, 0.0)
+    assert "routes (unknown: no status) still held" in out.getvalue()

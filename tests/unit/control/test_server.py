@@ -270,3 +270,20 @@ async def test_stop_never_unlinks_a_socket_another_process_made(tmp_path: Path) 
         assert path.exists() and stat.S_ISSOCK(path.lstat().st_mode)
     finally:
         theirs.close()
+
+
+async def test_a_live_unix_socket_is_never_taken_over(tmp_path: Path) -> None:
+    # Review: a dry run on the same config unlinked the running agent's socket.
+    path = tmp_path / "control.sock"
+    live = ControlServer(FakeController(), f"unix:{path}", None)
+    await live.start()
+    try:
+        second = ControlServer(FakeController(), f"unix:{path}", None)
+        assert not await second.serve(retry_s=0.2)
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s,
+            s.get("http://agent/healthz") as resp,
+        ):
+            assert resp.status in (200, 503)  # still the live one's
+    finally:
+        await live.stop()

@@ -337,10 +337,14 @@ def test_ramp_hold_advance_restart_and_the_hold_ends_with_the_ramp() -> None:
     assert pb.request(100, RampRequest("web", RampAction.ADVANCE, "op")).refusal is None
     pb.tick(100)
     assert pb.service().stage == 50
-    assert pb.request(101, RampRequest("web", RampAction.RESTART, "op")).refusal is None
-    pb.tick(101)
+    # A second stage move by hand within min_update_interval (10 s) is refused (R35).
+    refusal = pb.request(101, RampRequest("web", RampAction.RESTART, "op")).refusal
+    assert refusal is not None and refusal.kind is RefusalKind.CONFLICT
+    assert "try again in 9s (min_update_interval)" in refusal.message
+    assert pb.request(110, RampRequest("web", RampAction.RESTART, "op")).refusal is None
+    pb.tick(110)
     assert pb.service().stage == 25
-    pb.health(102, "xxx")
+    pb.health(112, "xxx")
     assert not pb.service().ramp_held and pb.pop.intents.ramp_holds == frozenset()
     assert "ramp hold of web cleared: the service is down" in pb.logs()
     assert [c for c in pb.log if isinstance(c, Persist) and c.ticket is None]
@@ -536,3 +540,12 @@ def test_a_held_route_without_a_med_gets_the_wanted_med_at_once_after_a_restart(
     pb.sync(held={key: RouteAttrs(MED_MISSING)})
     pb.health(0.5, "hhh")
     assert pb.routes() == {key: A100}
+
+
+def test_a_reread_leaves_the_routes_of_a_down_session_alone() -> None:
+    # Review: ExaBGP may list nothing for a down neighbor; a withdraw owed there must stay owed.
+    pb = started(config())
+    pb.health(0, "hhh")
+    pb.send(NeighborChanged(pb.at(1), N1, NeighborState.DOWN))
+    assert pb.send(RibRead(pb.at(2), {})) == []
+    assert pb.routes() == {RouteKey(N1, WEB): A100}

@@ -435,11 +435,46 @@ def test_a_drain_for_the_stop_applies_at_once_and_is_never_written() -> None:
     assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
 
 
-def test_a_drain_for_the_stop_leaves_an_operators_drain_as_it_is() -> None:
+def test_a_drain_for_the_stop_leaves_an_operators_drain_as_it_is_and_outlives_its_expiry() -> None:
     pb = started(no_ramp())
     pb.health(0, "hhhh")
-    pb.request(20, DrainRequest(None, "maintenance", "alice"))
-    before = pb.pop.intents
+    pb.request(20, DrainRequest(None, "maintenance", "alice", expires_in_s=5))
+    pb.tick(20)
+    before = pb.pop.intents.drains
     assert pb.request(21, DrainRequest(None, "stop", "op", on_stop=True)).refusal is None
-    assert pb.pop.intents == before
+    pb.tick(21)
+    assert pb.pop.intents.drains == before  # the operator's drain is kept as it was
     assert json.loads(encode(pb.pop.intents))["drains"][0]["reason"] == "maintenance"
+    pb.tick(26)  # the operator's drain expires while the unit stops: still drained
+    assert pb.pop.intents.drains == {} and pb.service().phase is Phase.DRAINING
+    pb.tick(50)
+    assert pb.service().phase is Phase.DRAINED and pb.routes() == {}
+
+
+def test_a_drain_for_the_stop_never_waits_for_min_update_interval() -> None:
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    pb.request(20, SetMedRequest("web", 500, "x", "op"))
+    pb.tick(20)
+    pb.send(IntentSubmitted(pb.at(21), 9, DrainRequest(None, "stop", "op", on_stop=True)))
+    pb.tick(21)  # not 30: the unit's stop timeout runs
+    assert pb.service().phase is Phase.DRAINING and pb.meds() == {MED_DRAIN}
+
+
+def test_a_drain_for_the_stop_is_for_the_whole_pop() -> None:
+    pb = started(no_ramp())
+    reply = pb.request(1, DrainRequest("web", "stop", "op", on_stop=True))
+    assert reply.refusal is not None and "whole PoP" in reply.refusal.message
+
+
+def test_a_med_change_while_drained_does_not_hold_back_the_undrain() -> None:
+    # Review: a MED override changed under a drain used up min_update_interval.
+    pb = started(no_ramp())
+    pb.health(0, "hhhh")
+    pb.request(20, DrainRequest(None, "a", "op"))
+    pb.tick(20)
+    pb.request(31, SetMedRequest("web", 500, "x", "op"))
+    pb.tick(31)
+    pb.request(32, UndrainRequest(None, "op"))
+    pb.tick(32)
+    assert pb.service().phase is Phase.UP and pb.meds() == {500}
