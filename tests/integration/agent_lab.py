@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +85,14 @@ class AgentLab:
     def write_config(self, data: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    def start(self, agent_env: dict[str, str] | None = None) -> Exabgp:
+    def start(
+        self,
+        agent_env: dict[str, str] | None = None,
+        edit_conf: Callable[[str], str] | None = None,
+    ) -> Exabgp:
         """Start the edges and ExaBGP running the agent (`agent_env`: extra environment for
-        the agent process alone, e.g. libfaketime)."""
+        the agent process alone, e.g. libfaketime; `edit_conf`: what a test changes in the
+        rendered exabgp.conf, as an operator might)."""
         for index in sorted({i for s in self.services for i in s.edges}):
             self.lab.start_edge(index)
         conf = self.lab.workdir / "exabgp-agent.conf"
@@ -116,7 +121,7 @@ class AgentLab:
             check=True,
             cwd=Path(__file__).resolve().parents[2],
         )
-        conf.write_text(rendered.stdout)
+        conf.write_text(edit_conf(rendered.stdout) if edit_conf else rendered.stdout)
         # ExaBGP starts the agent with its own cwd; make the source tree importable.
         repo = str(Path(__file__).resolve().parents[2])
         self.exabgp = self.lab.start_exabgp(config_path=conf, extra_env={"PYTHONPATH": repo})
