@@ -369,7 +369,8 @@ class ControlTarget:
                 answer += chunk
         status = answer[9:12]
         assert answer == b"" or answer.startswith(b"HTTP/1."), answer[:80]
-        assert not status.startswith(b"5"), (request[:200], answer[:300])
+        # 503 is a designed answer (a stale agent, a failed write); 500 is a crash.
+        assert status != b"500", (request[:200], answer[:300])
         changed = len(self.controller.calls) - before
         if changed:
             assert credential, ("a change without the credential", request[:300])
