@@ -174,6 +174,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--wait-max", type=float, default=WAIT_MAX_S, help="seconds (default: %(default)s)"
     )
+    p.add_argument("--neighbor", help="drain one BGP session only (its neighbor address)")
     p.add_argument(
         "--on-stop",
         action="store_true",
@@ -185,6 +186,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser("undrain", help="end a drain (the service ramps back)")
     p.add_argument("service", nargs="?", metavar="SERVICE")
     p.add_argument("--all", action="store_true", help="end the PoP-wide drain")
+    p.add_argument("--neighbor", help="end the drain of one BGP session (it ramps back)")
     p.add_argument("--author", help="who asks (default: the token's identity)")
     _common(p)
 
@@ -276,14 +278,16 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
             reason = args.reason or ("the unit is stopping" if args.on_stop else None)
             if reason is None:
                 raise UsageError("drain: --reason is required")
-            body = _intent_body(args, reason=reason, expires_in=args.expires)
+            body = _intent_body(
+                args, reason=reason, expires_in=args.expires, neighbor=args.neighbor
+            )
             if args.on_stop:
                 body["on_stop"] = True
             elif args.all and not args.yes and not _confirmed("Drain every service of this PoP?"):
                 raise UsageError("drain --all: not confirmed (--yes skips the question)")
             return "POST", _scope(args) + "/drain", body
         case "undrain":
-            return "POST", _scope(args) + "/undrain", _intent_body(args)
+            return "POST", _scope(args) + "/undrain", _intent_body(args, neighbor=args.neighbor)
         case "med":
             path = f"/v1/services/{quote(args.service, safe='')}/med"
             if args.clear == (args.value is not None):

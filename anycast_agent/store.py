@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from anycast_agent.core.intents import Drain, Intents, MedOverride
+from anycast_agent.core.intents import Drain, Intents, MedOverride, SessionDrain
 from anycast_agent.state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def encode(intents: Intents) -> bytes:
         # must not be drained.
         "drains": [asdict(d) for d in intents.drains.values()],
         "meds": [asdict(m) for m in intents.meds.values()],
+        "sessions": [asdict(d) for d in intents.sessions.values()],
         "ramp_holds": sorted(intents.ramp_holds),
     }
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
@@ -42,6 +43,8 @@ def _no_constant(name: str) -> Any:
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "service": (str,),
+    "scope": (str,),
+    "neighbor": (str,),
     "reason": (str,),
     "author": (str,),
     "since": (int, float),
@@ -77,13 +80,15 @@ def decode(raw: bytes) -> Intents:
     data: Any = json.loads(raw, parse_constant=_no_constant)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"not an anycast-agent state file of format {FORMAT}")
-    unknown = set(data) - {"format", "drains", "meds", "ramp_holds"}
+    unknown = set(data) - {"format", "drains", "meds", "ramp_holds", "sessions"}
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}")
     drain_fields = ("service", "reason", "author", "since", "expires")
     med_fields = ("service", "med", "reason", "author", "since", "expires")
     drains = [Drain(**_checked(d, drain_fields)) for d in _list(data, "drains")]
     meds = [MedOverride(**_checked(m, med_fields)) for m in _list(data, "meds")]
+    session_fields = ("scope", "neighbor", "reason", "author", "since", "expires")
+    sessions = [SessionDrain(**_checked(d, session_fields)) for d in _list(data, "sessions")]
     holds = _list(data, "ramp_holds")
     if not all(isinstance(h, str) for h in holds):
         raise ValueError("ramp_holds must be service names")
@@ -91,6 +96,7 @@ def decode(raw: bytes) -> Intents:
         drains={d.service: d for d in drains},
         meds={m.service: m for m in meds},
         ramp_holds=frozenset(holds),
+        sessions={(d.scope, d.neighbor): d for d in sessions},
     )
 
 

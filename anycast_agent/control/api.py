@@ -28,7 +28,15 @@ from anycast_agent.control.auth import (
     error_response,
     refuse_browsers,
 )
-from anycast_agent.control.bodies import Body, DrainBody, MedBody, RampBody, ReloadBody, ResetBody
+from anycast_agent.control.bodies import (
+    Body,
+    DrainBody,
+    MedBody,
+    RampBody,
+    ReloadBody,
+    ResetBody,
+    UndrainBody,
+)
 from anycast_agent.control.status import status_json
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.events import (
@@ -132,12 +140,13 @@ async def _submit(c: Controller, request: OperatorRequest, result: JSON) -> JSON
 
 async def _drain(c: Controller, call: Call[DrainBody]) -> JSON:
     b = call.body
-    request = DrainRequest(call.service, b.reason, call.author, b.expires_in, b.on_stop)
+    request = DrainRequest(call.service, b.reason, call.author, b.expires_in, b.on_stop, b.neighbor)
     return await _submit(c, request, {"drained": True})
 
 
-async def _undrain(c: Controller, call: Call[Body]) -> JSON:
-    return await _submit(c, UndrainRequest(call.service, call.author), {"drained": False})
+async def _undrain(c: Controller, call: Call[UndrainBody]) -> JSON:
+    request = UndrainRequest(call.service, call.author, call.body.neighbor)
+    return await _submit(c, request, {"drained": False})
 
 
 async def _set_med(c: Controller, call: Call[MedBody]) -> JSON:
@@ -173,12 +182,12 @@ SERVICE = "/v1/services/{name}"
 
 MUTATIONS: tuple[Mutation[Any], ...] = (
     Mutation("drain", "POST", SERVICE + "/drain", DrainBody, _drain),
-    Mutation("undrain", "POST", SERVICE + "/undrain", Body, _undrain),
+    Mutation("undrain", "POST", SERVICE + "/undrain", UndrainBody, _undrain),
     Mutation("set-med", "PUT", SERVICE + "/med", MedBody, _set_med),
     Mutation("clear-med", "DELETE", SERVICE + "/med", Body, _clear_med),
     Mutation("ramp", "POST", SERVICE + "/ramp", RampBody, _ramp),
     Mutation("drain-pop", "POST", "/v1/drain", DrainBody, _drain),
-    Mutation("undrain-pop", "POST", "/v1/undrain", Body, _undrain),
+    Mutation("undrain-pop", "POST", "/v1/undrain", UndrainBody, _undrain),
     Mutation("reload", "POST", "/v1/reload", ReloadBody, _reload),
     Mutation("state-reset", "POST", "/v1/state/reset", ResetBody, _state_reset),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from ipaddress import ip_address
 from typing import Annotated, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -44,15 +45,35 @@ Author: TypeAlias = Annotated[str, Field(strict=True), BeforeValidator(_text(64)
 Expiry: TypeAlias = Annotated[float | None, BeforeValidator(_expiry)]
 
 
+def _neighbor(value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address as text, got {value!r}")
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        raise ValueError(f"must be an IP address, got {value!r}") from None
+
+
+# One BGP session (its neighbor address); the core checks the service announces to it.
+Neighbor: TypeAlias = Annotated[str | None, BeforeValidator(_neighbor)]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     author: Author | None = None
 
 
+class UndrainBody(Body):
+    neighbor: Neighbor = None
+
+
 class DrainBody(Body):
     reason: Reason
     expires_in: Expiry = None
+    neighbor: Neighbor = None
     # The unit is stopping (its ExecStop): the drain applies now and is never persisted.
     on_stop: Annotated[bool, Field(strict=True)] = False
 

@@ -96,6 +96,7 @@ def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
         "transitions": s.transitions,
         "drain": _drain_json(s.drain, wall_now),
         "med_override": _override_json(s.med_override, wall_now),
+        "session_drains": dict(s.session_drains),
         "targets": [_target_json(t) for t in s.targets],
         "routes": [_route_json(r, snap.neighbors) for r in s.routes],
     }

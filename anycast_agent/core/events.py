@@ -112,12 +112,14 @@ class DrainRequest:
     author: str
     expires_in_s: float | None = None
     on_stop: bool = False  # the unit is stopping: applies now, never persisted
+    neighbor: str | None = None  # one BGP session only (its routes), else every session
 
 
 @dataclass(frozen=True, slots=True)
 class UndrainRequest:
     service: str | None
     author: str
+    neighbor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

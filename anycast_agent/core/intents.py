@@ -31,6 +31,19 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionDrain:
+    """Drain one BGP session (`neighbor`) of one service, or of every service (`scope` POP):
+    that session's routes are de-preferred, then withdrawn; the other sessions keep theirs."""
+
+    scope: str
+    neighbor: str
+    reason: str
+    author: str
+    since: float  # wall-clock seconds
+    expires: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MedOverride:
     service: str
     med: int
@@ -50,6 +63,11 @@ class Intents:
     # The unit's ExecStop drains the PoP for the stop: a layer of its own, never persisted,
     # never expiring, and never taking the place of an operator's drain.
     stopping: Drain | None = None
+    sessions: dict[tuple[str, str], SessionDrain] = field(default_factory=dict)  # (scope, nbr)
+
+    def session_drain_of(self, service: str, neighbor: str) -> SessionDrain | None:
+        """The drain of `service`'s session to `neighbor`: its own, else the PoP-wide one."""
+        return self.sessions.get((service, neighbor)) or self.sessions.get((POP, neighbor))
 
     def drain_of(self, service: str) -> Drain | None:
         """The drain that applies to `service`: its own, else the PoP-wide one, else the
@@ -60,11 +78,19 @@ class Intents:
         """These intents without the ones whose expiry has passed."""
         drains = {k: d for k, d in self.drains.items() if d.expires is None or d.expires > wall_now}
         meds = {k: m for k, m in self.meds.items() if m.expires is None or m.expires > wall_now}
-        if len(drains) == len(self.drains) and len(meds) == len(self.meds):
+        sessions = {
+            k: d for k, d in self.sessions.items() if d.expires is None or d.expires > wall_now
+        }
+        if (len(drains), len(meds), len(sessions)) == (
+            len(self.drains),
+            len(self.meds),
+            len(self.sessions),
+        ):
             return self
-        return replace(self, drains=drains, meds=meds)
+        return replace(self, drains=drains, meds=meds, sessions=sessions)
 
     def describe(self) -> str:
         parts = [f"drain {k}" for k in self.drains] + [f"med {k}" for k in self.meds]
         parts += ["drain for the stop"] if self.stopping else []
+        parts += [f"drain {scope} to {neighbor}" for scope, neighbor in self.sessions]
         return ", ".join(parts) or "none"

@@ -56,6 +56,7 @@ from anycast_agent.core.orphans import Orphans
 from anycast_agent.core.policy import Decision, decide
 from anycast_agent.core.requests import Pending, persisted, submitted
 from anycast_agent.core.rib import REFUSED_RETRY_S, Rib
+from anycast_agent.core.sessions import Sessions
 from anycast_agent.core.snapshot import About, Snapshot, build_snapshot
 from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec
 from anycast_agent.core.traffic import (
@@ -124,6 +125,7 @@ class Pop:
         self.canary: ProbeResult | None = None  # the last check of the agent's own canary
         self._frozen: dict[str, tuple[Decision, int, float | None]] = {}
         self.drain_starts = drain_starts({}, self.intents, started)
+        self.sessions = Sessions()  # per-session drains, and sessions ramping back
         self.applied: dict[str, Applied] = {}  # the intents each service's routes follow now
         self._snap: Snapshot | None = None
         self.use(spec)
@@ -198,13 +200,8 @@ class Pop:
             return None
         if self._stale is None or self._stale:
             return self._news_at
-        due = (
-            self._next_sweep,
-            self._timers,
-            self.vips.next_retry(),
-            self.rib.next_retry(self._last_decide),
-        )
-        return min(t for t in due if t is not None)
+        due = (self._next_sweep, self._timers, self.vips.next_retry())
+        return min(t for t in (*due, self.rib.next_retry(self._last_decide)) if t is not None)
 
     def snapshot(self) -> Snapshot:
         """The PoP as status and metrics show it; built at most once per change."""
@@ -373,6 +370,7 @@ class Pop:
             applied.drained_at,
             self.rib.held.keys(),
         )
+        outcome = self.sessions.apply(svc, outcome, self.intents, self.rib.held.keys(), at)
         if pending is not None:
             wake = min(w for w in (pending, outcome.wake_at) if w is not None)
             why = (

@@ -36,6 +36,7 @@ from anycast_agent.core.intents import (
     Intents,
     MedOverride,
     RampAction,
+    SessionDrain,
 )
 from anycast_agent.core.spec import ServiceSpec
 from anycast_agent.core.traffic import Memory
@@ -71,6 +72,9 @@ def change(
     what = "the PoP" if key == POP else repr(key)
     expires = getattr(request, "expires_in_s", None)
     until = None if expires is None else at.wall + min(expires, MAX_EXPIRY_S)
+    neighbor = getattr(request, "neighbor", None)
+    if neighbor is not None:
+        return _session_change(i, request, key, neighbor, at, until, services)
     match request:
         case DrainRequest(on_stop=True) if key != POP:
             return Refusal(RefusalKind.CONFLICT, "a drain for the stop covers the whole PoP")
@@ -119,16 +123,48 @@ def change(
             assert_never(request)
 
 
+def _session_change(
+    i: Intents,
+    request: OperatorRequest,
+    key: str,
+    neighbor: str,
+    at: Instant,
+    until: float | None,
+    services: Mapping[str, ServiceSpec],
+) -> Intents | Refusal:
+    """A drain or undrain of one BGP session (issue 19)."""
+    scope = services.values() if key == POP else [services[key]]
+    if not any(str(n.address) == neighbor for s in scope for n in s.neighbors):
+        what = "no service" if key == POP else f"service {key!r}"
+        return Refusal(RefusalKind.CONFLICT, f"{what} announces to neighbor {neighbor!r}")
+    slot = (key, neighbor)
+    match request:
+        case DrainRequest(on_stop=True):
+            return Refusal(RefusalKind.CONFLICT, "a drain for the stop covers every session")
+        case DrainRequest(reason=reason, author=author):
+            existing = i.sessions.get(slot)
+            since = existing.since if existing is not None else at.wall
+            drain = SessionDrain(key, neighbor, reason, author, since, until)
+            return replace(i, sessions={**i.sessions, slot: drain})
+        case UndrainRequest():
+            if slot not in i.sessions:
+                return Refusal(RefusalKind.CONFLICT, f"the session to {neighbor} is not drained")
+            return replace(i, sessions={k: d for k, d in i.sessions.items() if k != slot})
+    raise AssertionError(f"not a session request: {request!r}")  # pragma: no cover
+
+
 def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Memory]:
     """The log line of an accepted request, and the service's memory after it (a ramp advance
     or restart moves the stage; everything else lives in the intents)."""
     scope = "PoP" if request.service is None else request.service
     match request:
-        case DrainRequest(reason=reason, author=author, on_stop=on_stop):
+        case DrainRequest(reason=reason, author=author, on_stop=on_stop, neighbor=neighbor):
             tail = " (for the stop: not persisted)" if on_stop else ""
-            return f"drain {scope} by {author}: {reason}{tail}", mem
-        case UndrainRequest(author=author):
-            return f"undrain {scope} by {author}", mem
+            to = f" to {neighbor}" if neighbor else ""
+            return f"drain {scope}{to} by {author}: {reason}{tail}", mem
+        case UndrainRequest(author=author, neighbor=neighbor):
+            to = f" to {neighbor}" if neighbor else ""
+            return f"undrain {scope}{to} by {author}", mem
         case SetMedRequest(med=med, reason=reason, author=author):
             return f"MED override {scope}={med} by {author}: {reason}", mem
         case ClearMedRequest(author=author):

@@ -3,12 +3,14 @@ per change and shared by every reader (status, metrics, the control endpoint's n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from anycast_agent.core.events import AckResult
 from anycast_agent.core.health import TargetRecord
 from anycast_agent.core.intents import Drain, MedOverride
+from anycast_agent.core.sessions import session_drains
 from anycast_agent.core.spec import RampMode, TargetKind
 from anycast_agent.core.traffic import Memory, Phase
 from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
@@ -85,6 +87,7 @@ class ServiceSnapshot:
     targets: tuple[TargetSnapshot, ...]
     routes: tuple[RouteSnapshot, ...]
     frozen: bool = False  # a checker fault holds its health-driven transitions
+    session_drains: Mapping[str, str] = field(default_factory=dict)  # neighbor: why
 
     @property
     def announcing(self) -> bool:
@@ -175,6 +178,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 penalty=outcome.penalty if outcome else 0.0,
                 drain=pop.intents.drain_of(svc.name),
                 med_override=pop.intents.meds.get(svc.name),
+                session_drains=session_drains(pop.intents, svc.name),
                 transitions=mem.transitions,
                 targets=tuple(_target(r) for r in pop.targets.get(svc.name, ())),
                 frozen=svc.name in frozen,

@@ -36,8 +36,10 @@ def socket_path(agent: AgentLab) -> str:
     return str(agent.lab.workdir / "control.sock")
 
 
-def start(factory: PopLabFactory, version: str, services: list[ServiceSpec]) -> AgentLab:
-    agent = AgentLab(factory(exabgp_version=version), services)
+def start(
+    factory: PopLabFactory, version: str, services: list[ServiceSpec], **lab: Any
+) -> AgentLab:
+    agent = AgentLab(factory(exabgp_version=version, **lab), services)
     data = yaml.safe_load(agent.config_path.read_text())
     data["control"] = {"listen": f"unix:{socket_path(agent)}"}
     data["defaults"]["drain_grace"] = GRACE_S
@@ -200,3 +202,44 @@ def test_another_local_user_cannot_use_the_unix_socket(
     assert "Permission denied" in out.stderr
     assert bird.import_counters("pop0_v4") == before and bird.route(WEB)
     assert cli(agent, "drain", "--all", "--reason", "root may", "--yes").returncode == 0
+
+
+@pytest.mark.parametrize("exabgp_version", ["5.0"])
+def test_a_session_drain_is_seen_on_that_session_only(
+    pop_lab_factory: PopLabFactory, exabgp_version: str
+) -> None:
+    # Issue 19: one of two transit sessions drained for maintenance, then brought back.
+    ramp = {"stages": [25, 50, 100], "stage_hold": "1s"}
+    spec = ServiceSpec("web", [WEB], edges=[0], extra={"ramp": ramp})
+    agent = start(pop_lab_factory, exabgp_version, [spec], links=2)
+    lab = agent.lab
+    bird = lab.bird
+    first, second = (s.upstream_address for s in lab.description.sessions)
+
+    def paths() -> dict[str | None, tuple[int | None, int]]:
+        return {r.neighbor: (r.med, len(r.as_path)) for r in bird.route(WEB)}
+
+    def pop_side(upstream: str) -> str:
+        return next(
+            s.pop_address for s in lab.description.sessions if s.upstream_address == upstream
+        )
+
+    wait_for(paths, lambda p: set(p.values()) == {(100, 1)} and len(p) == 2, timeout_s=15)
+    drained = cli(agent, "drain", "web", "--neighbor", first, "--reason", "IXP work")
+    assert drained.returncode == 0, drained.stderr
+    wait_for(paths, lambda p: p.get(pop_side(first)) == (4294967294, 4), timeout_s=5)
+    assert paths()[pop_side(second)] == (100, 1)
+    wait_for(paths, lambda p: pop_side(first) not in p, timeout_s=10, what="withdrawn there")
+    assert paths() == {pop_side(second): (100, 1)}
+    assert service(agent, "web")["session_drains"] == {first: "IXP work (local)"}
+    undrained = cli(agent, "undrain", "web", "--neighbor", first)
+    assert undrained.returncode == 0, undrained.stderr
+    lengths: set[int] = set()
+    wait_for(
+        lambda: lengths.update([paths().get(pop_side(first), (0, 0))[1]]) or paths(),
+        lambda p: p.get(pop_side(first)) == (100, 1),
+        timeout_s=15,
+        what="back at full preference",
+    )
+    assert 2 in lengths or 4 in lengths  # it came back through the prepend ramp
+    assert paths()[pop_side(second)] == (100, 1)

@@ -21,7 +21,7 @@ from anycast_agent.core.events import (
 from anycast_agent.core.intents import POP, Drain, Intents
 from anycast_agent.core.traffic import Phase
 from anycast_agent.model import MED_DRAIN, RouteAttrs, RouteKey
-from anycast_agent.store import encode
+from anycast_agent.store import decode, encode
 from tests.unit.core.playbook import WALL0, Playbook, pop_config, routes_of, tcp_targets
 
 N4 = ["198.51.100.1", "198.51.100.5", "198.51.100.9", "198.51.100.13"]
@@ -478,3 +478,55 @@ def test_a_med_change_while_drained_does_not_hold_back_the_undrain() -> None:
     pb.request(32, UndrainRequest(None, "op"))
     pb.tick(32)
     assert pb.service().phase is Phase.UP and pb.meds() == {500}
+
+
+# -- per-session drains (issue 19) ------------------------------------------------------------
+
+
+def test_a_session_drain_deprefers_then_withdraws_that_session_only() -> None:
+    cfg = config(neighbors=2, ramp={"stages": [25, 50, 100], "stage_hold": 5})
+    pb = started(cfg)
+    for t in (0, 5, 10):
+        pb.health(t, "hhhh")
+    assert len(pb.routes()) == 2
+    one, two = RouteKey(N4[0], "192.0.2.10/32"), RouteKey(N4[1], "192.0.2.10/32")
+    assert pb.request(20, DrainRequest("web", "IXP work", "op", neighbor=N4[0])).refusal is None
+    pb.tick(20)
+    assert pb.routes()[one] == RouteAttrs(MED_DRAIN, (65001,) * 4, ("65535:0",))
+    assert pb.routes()[two] == RouteAttrs(100)  # the other session is untouched
+    assert f"session to {N4[0]} drained" in pb.service().reason
+    assert pb.service().session_drains == {N4[0]: "IXP work (op)"}
+    pb.tick(50)  # drain_grace 30 s
+    assert one not in pb.routes() and pb.routes()[two] == RouteAttrs(100)
+    assert pb.service().phase is Phase.UP
+    # Back through a prepend ramp on that session: 4, 2, then 1 AS, a stage_hold each.
+    assert pb.request(60, UndrainRequest("web", "op", neighbor=N4[0])).refusal is None
+    pb.tick(60)
+    assert pb.routes()[one].as_path == (65001,) * 4 and "65535:0" in pb.routes()[one].communities
+    pb.tick(65)
+    assert pb.routes()[one].as_path == (65001,) * 2
+    pb.tick(70)
+    assert pb.routes()[one] == RouteAttrs(100) and pb.routes()[two] == RouteAttrs(100)
+
+
+def test_a_session_drain_names_a_session_the_service_has() -> None:
+    pb = started(config(neighbors=2))
+    reply = pb.request(1, DrainRequest("web", "x", "op", neighbor="203.0.113.99"))
+    assert (
+        reply.refusal is not None
+        and "announces to neighbor '203.0.113.99'" in reply.refusal.message
+    )
+    reply = pb.request(2, UndrainRequest("web", "op", neighbor=N4[0]))
+    assert reply.refusal is not None and "is not drained" in reply.refusal.message
+
+
+def test_a_pop_wide_session_drain_is_persisted_and_survives_a_restart() -> None:
+    pb = started(config(neighbors=2))
+    pb.health(0, "hhhh")
+    pb.request(10, DrainRequest(None, "transit maintenance", "op", neighbor=N4[1]))
+    saved = decode(encode(pb.pop.intents))
+    assert saved.sessions == pb.pop.intents.sessions
+    again = started(config(neighbors=2), intents=saved)
+    again.health(0, "hhhh")
+    assert RouteKey(N4[1], "192.0.2.10/32") not in again.routes()  # never announced anew
+    assert RouteKey(N4[0], "192.0.2.10/32") in again.routes()
