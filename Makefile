@@ -13,7 +13,7 @@ APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus ngi
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit chaos demo bench fuzz clean
+.PHONY: all deps venv lint test unit chaos demo bench bench-dns fuzz clean
 
 all: test
 
@@ -68,6 +68,10 @@ demo: deps venv
 # Benchmarks print their figures and the exact command; they are never pass/fail tests.
 bench: deps venv
 	$(PY) -m bench
+
+# The DNS probe (dnspython) against the hand-written one it replaced, side by side.
+bench-dns: deps venv
+	$(PY) -m bench.dns_probe
 
 # Fuzzing (tests/fuzz): every outside-input surface at FUZZ_BUDGET inputs (100,000), seeded;
 # prints the count, the time and the seed. `make test` runs a small budget of the same targets.
