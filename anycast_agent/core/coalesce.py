@@ -11,10 +11,10 @@ when the interval has passed. Health never waits here: only operator intents are
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from anycast_agent.core.events import Instant
-from anycast_agent.core.intents import POP, STOP, Drain, Intents, MedOverride
+from anycast_agent.core.intents import POP, STOP, Drain, Intents, MedOverride, SessionDrain
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,20 +25,22 @@ class Applied:
     med: MedOverride | None
     since: float
     drained_at: float  # monotonic start of the applied drain's grace (when there is one)
+    sessions: Mapping[tuple[str, str], SessionDrain] = field(default_factory=dict)
 
     @property
-    def effect(self) -> tuple[bool, int | None]:
+    def effect(self) -> tuple[bool, int | None, frozenset[str]]:
         """What the routes depend on: drained (then a MED override means nothing), or the MED
-        override."""
+        override; and which sessions are drained."""
+        sessions = frozenset(neighbor for _, neighbor in self.sessions)
         if self.drain is not None:
-            return True, None
-        return False, None if self.med is None else self.med.med
+            return True, None, sessions
+        return False, None if self.med is None else self.med.med, sessions
 
     def intents(self) -> Intents:
         """These intents alone, for the decision step of their service."""
         drains = {} if self.drain is None else {self.drain.service: self.drain}
         meds = {} if self.med is None else {self.med.service: self.med}
-        return Intents(drains=drains, meds=meds)
+        return Intents(drains=drains, meds=meds, sessions=dict(self.sessions))
 
 
 def drain_starts(known: Mapping[str, float], intents: Intents, at: Instant) -> dict[str, float]:
@@ -65,12 +67,13 @@ def gate(
     if drain is not None and drain.service in (POP, STOP):
         drain = replace(drain, service=service)  # so that drain_of(service) finds it
     med = intents.meds.get(service)
+    sessions = {k: d for k, d in intents.sessions.items() if k[0] in (service, POP)}
     # The grace runs from the earliest drain that applies (a service drain added during a PoP
     # drain does not start it over).
     started = min((starts[k] for k in (service, POP, STOP) if k in starts), default=now)
     if applied is None:
-        return Applied(drain, med, float("-inf"), started), None
-    wanted = Applied(drain, med, applied.since, applied.drained_at)
+        return Applied(drain, med, float("-inf"), started, sessions), None
+    wanted = Applied(drain, med, applied.since, applied.drained_at, sessions)
     if wanted.effect == applied.effect:  # a new reason or author: no route changes
         return wanted, None
     ready = applied.since + interval
@@ -80,6 +83,5 @@ def gate(
     # are de-preferred before the withdraw); one that goes on (a MED change while drained)
     # keeps its start.
     still = applied.drain is not None and drain is not None
-    return Applied(
-        drain, med, now, applied.drained_at if still else min(now, max(started, ready))
-    ), None
+    drained_at = applied.drained_at if still else min(now, max(started, ready))
+    return Applied(drain, med, now, drained_at, sessions), None

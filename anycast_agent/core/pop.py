@@ -370,7 +370,7 @@ class Pop:
             applied.drained_at,
             self.rib.held.keys(),
         )
-        outcome = self.sessions.apply(svc, outcome, self.intents, self.rib.held.keys(), at)
+        outcome = self.sessions.apply(svc, outcome, applied.intents(), self.rib.held.keys(), at)
         if pending is not None:
             wake = min(w for w in (pending, outcome.wake_at) if w is not None)
             why = (

@@ -23,7 +23,7 @@ class Sessions:
     """When each session drain began and when each drained session came back (monotonic)."""
 
     def __init__(self) -> None:
-        self.starts: dict[tuple[str, str], float] = {}  # (scope, neighbor)
+        self.starts: dict[tuple[str, str, str], float] = {}  # (service, scope, neighbor)
         self.back: dict[tuple[str, str], float] = {}  # (service, neighbor): ramping back since
         self.drained: dict[str, frozenset[str]] = {}  # service: its drained sessions
 
@@ -38,10 +38,14 @@ class Sessions:
         """`outcome` with the service's drained sessions de-preferred or withdrawn, and the
         sessions coming back ramped."""
         now = at.mono
-        self.starts = {
-            k: self.starts.get(k, now - max(0.0, at.wall - d.since))
-            for k, d in intents.sessions.items()
-        }
+        # A session drain's grace runs from when it reaches this service's routes (the
+        # min_update_interval gate may hold it back); one read from disk at start keeps the
+        # grace it already ran.
+        first = svc.name not in self.drained
+        mine = {(svc.name, *k): d for k, d in intents.sessions.items()}
+        self.starts = {k: t for k, t in self.starts.items() if k[0] != svc.name or k in mine}
+        for k, d in mine.items():
+            self.starts.setdefault(k, now - max(0.0, at.wall - d.since) if first else now)
         addresses = [str(n.address) for n in svc.neighbors]
         drained = frozenset(a for a in addresses if intents.session_drain_of(svc.name, a))
         for neighbor in self.drained.get(svc.name, frozenset()) - drained:
@@ -78,7 +82,7 @@ class Sessions:
     ) -> tuple[RouteAttrs | None, float | None]:
         drain = intents.session_drain_of(svc.name, key.neighbor)
         assert drain is not None
-        ends = self.starts[drain.scope, key.neighbor] + svc.policy.drain_grace_s
+        ends = self.starts[svc.name, drain.scope, key.neighbor] + svc.policy.drain_grace_s
         if now >= ends:
             return None, None
         # Only what the session holds is de-preferred: a drain never announces anything new.

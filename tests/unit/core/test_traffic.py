@@ -530,3 +530,20 @@ def test_a_pop_wide_session_drain_is_persisted_and_survives_a_restart() -> None:
     again.health(0, "hhhh")
     assert RouteKey(N4[1], "192.0.2.10/32") not in again.routes()  # never announced anew
     assert RouteKey(N4[0], "192.0.2.10/32") in again.routes()
+
+
+def test_a_storm_of_session_drains_is_coalesced_like_any_operator_change() -> None:
+    pb = started(config(neighbors=2, ramp={"stages": [100]}))
+    pb.health(0, "hhhh")
+    one = RouteKey(N4[0], "192.0.2.10/32")
+    changes = []
+    for i, t in enumerate(x / 2 for x in range(40, 60)):  # 20 calls in 10 s, alternating
+        request = (
+            DrainRequest("web", "flap", "op", neighbor=N4[0])
+            if i % 2 == 0
+            else UndrainRequest("web", "op", neighbor=N4[0])
+        )
+        pb.request(t, request)
+        changes += [t for c in routes_of(pb.tick(t)) if c.key == one]
+    assert changes == [20.0]  # the first at once; the rest wait for min_update_interval
+    assert pb.routes()[one].med == MED_DRAIN
