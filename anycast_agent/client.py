@@ -121,7 +121,7 @@ class Endpoint:
         text = raw.decode("utf-8", "replace")
         try:
             decoded: Any = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             decoded = text
         return Reply(response.status, decoded)
 

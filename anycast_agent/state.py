@@ -52,7 +52,7 @@ def count_start(state_dir: Path) -> int:
     path = state_dir / STARTS
     try:
         starts = int(json.loads(path.read_text()).get("starts", 0))
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):
         starts = 0
     starts += 1
     try:

@@ -120,7 +120,7 @@ class Store:
                 continue
             try:
                 intents = decode(raw)
-            except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
                 problems.append(f"{path}: {exc}")
                 continue
             if path == self.previous:

@@ -115,6 +115,8 @@ def load_config(path: Path | str) -> AgentConfig:
         data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    except RecursionError:  # found by `make fuzz`: a few thousand `[` crashed the load
+        raise ConfigError(str(path), ["not valid YAML: nested too deeply"]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):

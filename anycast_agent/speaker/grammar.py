@@ -167,7 +167,7 @@ def parse_inbound(line: str) -> Inbound:
     if text.startswith("{"):
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deeply is no message of ExaBGP's
             return TextLine(text)
         if isinstance(message, dict):
             return _event(message)

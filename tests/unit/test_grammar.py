@@ -316,3 +316,9 @@ def test_extended_and_named_communities_are_not_taken_for_standard_ones() -> Non
     line2 = line.replace(" community [ no-export 65001:7 ]", "")
     [attrs2] = parse_adj_rib_out([line2]).values()
     assert attrs2.communities == ()
+
+
+def test_a_line_nested_too_deeply_is_text_not_a_crash() -> None:
+    # Found while fuzzing the config loader: json.loads raises RecursionError, not ValueError.
+    line = '{"a":' + "[" * 100_000
+    assert parse_inbound(line) == TextLine(line)

@@ -98,3 +98,10 @@ def test_values_of_the_wrong_kind_make_a_copy_unreadable(tmp_path: Path, text: s
         Store(tmp_path).load()
     with pytest.raises(ValueError):
         decode(text.encode())
+
+
+def test_a_copy_nested_too_deeply_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    # json.loads raises RecursionError, not ValueError (seen while fuzzing the config loader).
+    (tmp_path / "state.json").write_text('{"format": 1, "drains": ' + "[" * 100_000)
+    with pytest.raises(Unreadable):
+        Store(tmp_path).load()
