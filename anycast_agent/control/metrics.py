@@ -242,14 +242,21 @@ class SnapshotCollector(Collector):
         )
         wanted = _g("route_wanted", "1 while the agent wants the route announced.", labels)
         med = _g("route_med", "MED of the route ExaBGP holds (absent while withdrawn).", labels)
+        sessions = _g(
+            "session_drained",
+            "1 while an operator drain of one BGP session applies to the service.",
+            ("service", "neighbor"),
+        )
         for svc in snap.services:
+            for neighbor in svc.session_drains:
+                sessions.add_metric([svc.name, neighbor], 1.0)
             for r in svc.routes:
                 key = [svc.name, r.prefix, r.neighbor]
                 announced.add_metric(key, 1.0 if r.accepted is not None else 0.0)
                 wanted.add_metric(key, 1.0 if r.wanted is not None else 0.0)
                 if r.accepted is not None:
                     med.add_metric(key, r.accepted.med)
-        yield from (announced, wanted, med)
+        yield from (announced, wanted, med, sessions)
 
 
 def make_registry(

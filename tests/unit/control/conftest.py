@@ -95,6 +95,7 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         med_override=None,
         targets=(target("ns1", TargetState.UNHEALTHY), target("ns2", TargetState.UNKNOWN)),
         routes=(RouteSnapshot("192.0.2.53/32", "198.51.100.1", None, None),),
+        session_drains={"198.51.100.3": "transit work (bob)"},
     )
     base: dict[str, Any] = {
         "pop": "ams1",

@@ -141,3 +141,12 @@ def test_service_up_means_healthy_and_announced(phase: Phase, up: int) -> None:
     web = replace(snap.services[0], phase=phase)
     s = scrape(replace(snap, services=(web, *snap.services[1:])))
     assert value(s, "anycast_agent_service_up", service="web") == up
+
+
+def test_a_session_drain_is_exported() -> None:
+    snap = make_snapshot()
+    web = replace(snap.services[0], session_drains={"198.51.100.1": "IXP work (op)"})
+    snap = replace(snap, services=(web, *snap.services[1:]))
+    body, _ = metrics.render_snapshot(snap, "text/plain")
+    expected = 'anycast_agent_session_drained{neighbor="198.51.100.1",service="web"} 1.0'
+    assert expected in body.decode()
