@@ -74,12 +74,34 @@ def parent_of(pid: int) -> int | None:
 
 
 def started_by_exabgp(ppid: int | None = None) -> bool:
-    """Whether this process's parent is ExaBGP (its command line names exabgp)."""
+    """Whether this process's parent is ExaBGP: the program it runs is named exabgp
+    (`exabgp ...`, `python3 /usr/bin/exabgp ...` or `python -m exabgp ...`), whatever its
+    arguments say (`sudo ... --config /etc/exabgp/...` is not ExaBGP)."""
     try:
         cmdline = Path(f"/proc/{ppid or os.getppid()}/cmdline").read_bytes()
     except OSError:
         return False
-    return any(b"exabgp" in part.lower() for part in cmdline.split(b"\0"))
+    argv = cmdline.split(b"\0")
+    program = argv[:2] + (argv[2:3] if argv[1:2] == [b"-m"] else [])
+    return any(os.path.basename(part).lower().startswith(b"exabgp") for part in program)
+
+
+def _kill_if(pid: int, parent: int) -> bool:
+    """SIGKILL `pid` if it is (still) a child of `parent`; a pidfd pins the process between
+    the check and the signal, so a reused PID is never hit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False  # gone already
+    try:
+        if parent_of(pid) != parent:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
 
 
 async def own(
@@ -118,15 +140,13 @@ async def own(
             return lock
         holder = lock.holder() or holder
         late = time.monotonic() - since >= kill_after_s
-        if late and not killed and holder and parent_of(holder) == parent:
+        if late and not killed and holder and _kill_if(holder, parent):
             log.error(
-                "pid %d, the previous agent of this ExaBGP, still holds the lock after %.0fs: "
+                "pid %d, the previous agent of this ExaBGP, still held the lock after %.0fs: "
                 "SIGKILL",
                 holder,
                 kill_after_s,
             )
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(holder, signal.SIGKILL)
             killed = True
     lock.close()
     return None

@@ -105,13 +105,23 @@ async def test_a_holder_of_another_parent_is_never_killed(
     assert holders[0].poll() is None
 
 
-def test_started_by_exabgp_reads_the_parents_command_line() -> None:
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("exabgp", [], True),  # python3 /usr/bin/exabgp conf
+        ("sudo-like", ["--config", "/etc/exabgp/agent.yaml"], False),  # only an argument
+    ],
+)
+def test_started_by_exabgp_reads_the_parents_program(
+    tmp_path: Path, script: str, args: list[str], expected: bool
+) -> None:
     assert not started_by_exabgp()  # pytest's parent is a shell or a runner
-    code = "import time; print('up', flush=True); time.sleep(5)"
-    argv = [sys.executable, "-c", code, "exabgp-like"]
+    path = tmp_path / script
+    path.write_text("import time\nprint('up', flush=True)\ntime.sleep(5)\n")
+    argv = [sys.executable, str(path), *args]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"  # exec'd by now
-        assert started_by_exabgp(proc.pid)
+        assert started_by_exabgp(proc.pid) is expected
         proc.kill()
 
 
