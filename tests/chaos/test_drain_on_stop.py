@@ -14,9 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from tests.lab.bird_output import BirdRoute
 from tests.lab.prereqs import require_lab
-from tests.lab.topology_description import QUICK_TIMERS
-from tests.lab.twopop import PopNode, RouteState, TwoPopLab
+from tests.lab.topology_description import QUICK_TIMERS, VIP_PREFIX
+from tests.lab.twopop import PopNode, TwoPopLab
 from tests.lab.wait import wait_for
 
 MED_DRAIN = 4294967294
@@ -75,20 +76,24 @@ def test_drain_on_stop_moves_traffic_first_and_the_next_start_is_not_drained() -
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
-        seen: list[tuple[float, RouteState | None, RouteState]] = []
+        # (when, pop1's path, the best path's PoP), each from one read of BIRD's RIB: two reads
+        # could straddle the change.
+        seen: list[tuple[float, BirdRoute | None, str | None]] = []
         started = time.monotonic()
         while stop.poll() is None and time.monotonic() - started < 30:
-            paths = lab.paths()
-            state = (paths.get("pop1"), lab.route_state())
-            if not seen or seen[-1][1:] != state:
-                seen.append((time.monotonic() - started, *state))
+            routes = lab.bird.route(VIP_PREFIX)
+            pop_of = lab.description.pop_by_address
+            p1 = next((r for r in routes if pop_of(r.neighbor) == "pop1"), None)
+            best = next((pop_of(r.neighbor) for r in routes if r.primary), None)
+            if not seen or seen[-1][1:] != (p1, best):
+                seen.append((time.monotonic() - started, p1, best))
             time.sleep(0.05)
         out, err = stop.communicate(timeout=5)
         took = time.monotonic() - started
         assert stop.returncode == 0, err
         assert "withdrawn: ExaBGP holds none of the drained routes" in out
         deprefer_at = next(t for t, p1, _ in seen if p1 is not None and p1.med == MED_DRAIN)
-        best_pop2_at = next(t for t, _, best in seen if best.pop == "pop2")
+        best_pop2_at = next(t for t, _, best in seen if best == "pop2")
         gone_at = next(t for t, p1, _ in seen if p1 is None)
         print(
             f"\n[R9] ExecStop took {took:.1f}s: de-preferred at +{deprefer_at:.2f}s (best path "
