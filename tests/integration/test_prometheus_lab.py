@@ -5,9 +5,7 @@ the edge dies, and resolving when it is back."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,21 +14,13 @@ import pytest
 import yaml
 
 from tests.integration.agent_lab import AgentLab, ServiceSpec
+from tests.lab.prereqs import require_tool
 from tests.lab.topology import PopLabFactory
 from tests.lab.wait import wait_for
 
 ALERTS = Path(__file__).resolve().parents[2] / "docs" / "ops" / "alerts.yml"
 WEB = "192.0.2.10/32"
 API = "http://127.0.0.1:9090/api/v1"
-
-
-def prometheus() -> str:
-    tool = shutil.which("prometheus")
-    if tool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is required in CI (apt-get install prometheus)")
-        pytest.skip("prometheus not on PATH (Debian: apt-get install prometheus)")
-    return tool
 
 
 def firing(agent: AgentLab, name: str) -> list[dict[str, Any]]:
@@ -45,7 +35,7 @@ def firing(agent: AgentLab, name: str) -> list[dict[str, Any]]:
 def test_prometheus_sees_service_withdrawn_fire_and_resolve(
     pop_lab_factory: PopLabFactory, exabgp_version: str
 ) -> None:
-    binary = prometheus()
+    binary = require_tool("prometheus", "prometheus")
     agent = AgentLab(
         pop_lab_factory(exabgp_version=exabgp_version), [ServiceSpec("web", [WEB], edges=[0])]
     )

@@ -25,6 +25,7 @@ from anycast_agent import limits
 from anycast_agent.config import Defaults
 from tests.integration.agent_lab import INTERVAL_S, AgentLab, ServiceSpec
 from tests.lab.exabgp import ExabgpVersion
+from tests.lab.prereqs import require_tool
 from tests.lab.topology import PopLabFactory
 from tests.lab.wait import assert_holds, wait_for
 
@@ -42,13 +43,7 @@ NET_ADMIN = 1 << 12
 
 
 def systemd_analyze() -> str:
-    tool = shutil.which("systemd-analyze")
-    if tool is None:
-        reason = "systemd-analyze not installed (apt-get install systemd)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return tool
+    return require_tool("systemd-analyze", "systemd")
 
 
 @pytest.fixture(params=["base", "vip-manage", "drain-on-stop"])

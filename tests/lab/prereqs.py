@@ -37,6 +37,17 @@ def lab_missing(version: ExabgpVersion | None = None) -> list[str]:
     return missing
 
 
+def require_tool(name: str, package: str) -> str:
+    """The path of the command `name`; skip the test without it, but in CI fail instead."""
+    tool = shutil.which(name)
+    if tool is None:
+        reason = f"{name} not installed (apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return tool
+
+
 def require_lab(version: ExabgpVersion | None = None) -> None:
     """Skip the test when the lab cannot run here; in CI (CI=true) fail instead, never skip."""
     missing = lab_missing(version)

@@ -4,9 +4,7 @@ operator should read (its annotations, rendered from the rule's own templates)."
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.lab.prereqs import require_tool
 
 ALERTS = Path(__file__).resolve().parents[3] / "docs" / "ops" / "alerts.yml"
 POP = {"job": "anycast-agent", "instance": "pop1"}
@@ -177,15 +177,6 @@ def render(template: str, labels: dict[str, str], value: float) -> str:
     return re.sub(r"\{\{(.*?)\}\}", one, template)
 
 
-def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required in CI (apt-get install prometheus)")
-        pytest.skip("promtool not on PATH (Debian: apt-get install prometheus)")
-    return tool
-
-
 def rules() -> dict[str, dict[str, Any]]:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
@@ -207,7 +198,9 @@ def test_the_alert_fires_on_its_condition_and_is_quiet_otherwise(
             k: render(v, labels, case.value) for k, v in rule["annotations"].items()
         },
     }
-    checks = [{"eval_time": t, "alertname": case.alert, "exp_alerts": []} for t in case.quiet_at]
+    checks: list[dict[str, Any]] = [
+        {"eval_time": t, "alertname": case.alert, "exp_alerts": []} for t in case.quiet_at
+    ]
     checks.append({"eval_time": case.fires_at, "alertname": case.alert, "exp_alerts": [expected]})
     test = {
         "rule_files": [str(ALERTS)],
@@ -223,6 +216,9 @@ def test_the_alert_fires_on_its_condition_and_is_quiet_otherwise(
     path = tmp_path / "test.yml"
     path.write_text(yaml.safe_dump(test, sort_keys=False))
     run = subprocess.run(
-        [promtool(), "test", "rules", str(path)], capture_output=True, text=True, check=False
+        [require_tool("promtool", "prometheus"), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from anycast_agent.control import metrics
+from tests.lab.prereqs import require_tool
 from tests.unit.control.conftest import make_snapshot
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -71,11 +70,7 @@ def _dashboard_exprs() -> list[str]:
 
 
 def test_promtool_accepts_the_rules() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is required in CI (apt-get install prometheus)")
-        pytest.skip("promtool not on PATH (Debian: apt-get install prometheus)")
+    promtool = require_tool("promtool", "prometheus")
     result = subprocess.run(
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
     )
