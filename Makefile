@@ -8,7 +8,7 @@ EXABGP_42 ?= 4.2.25
 VENV := .venv
 VENV42 := .venv-exabgp42
 PY := $(VENV)/bin/python
-APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd faketime
+APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd faketime etcd-server openssl
 
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp

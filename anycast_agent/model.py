@@ -94,3 +94,31 @@ class RouteKey:
     @staticmethod
     def of(neighbor: IPAddress, prefix: Prefix) -> RouteKey:
         return RouteKey(str(neighbor), str(prefix))
+
+
+class FleetMode(enum.StrEnum):
+    STANDALONE = "standalone"  # no etcd configured: local decisions only
+    CONNECTED = "connected"  # lease alive, view fresh: withdraws go through the guard
+    DEGRADED = "degraded"  # etcd unreachable or stale: no new withdraw is granted
+
+
+class Announcing(enum.StrEnum):
+    """A service's state at one PoP as the fleet sees it (`svc/<svc>/pop/<pop>`)."""
+
+    ANNOUNCED = "A"  # announced, confirmed by ExaBGP, a session up
+    DEPREFERRED = "D"  # announced but de-preferred: still counts as announcing
+    WITHDRAWN = "W"  # withdrawn by decision
+    SILENT = "S"  # not announcing for a reason the agent did not choose (sessions down)
+
+
+class WithdrawKind(enum.StrEnum):
+    HEALTH = "health"  # asks at once, takes a budget slot
+    DRAIN = "drain"  # asks after drain_grace, takes no slot
+
+
+class RefusalReason(enum.StrEnum):
+    TOO_FEW = "too few other PoPs announcing"
+    FROZEN = "the fleet is frozen"
+    BUDGET = "the withdraw budget is used up"
+    DEGRADED = "etcd unreachable: no withdraw is granted"
+    UNANSWERED = "the guard could not get an answer"

@@ -99,4 +99,5 @@ def pop_spec(config: AgentConfig) -> PopSpec:
         checker_fault_max_s=config.checker_fault_max,
         local_as=config.bgp.local_as,
         drain_grace_s=config.defaults.drain_grace,
+        fleet=config.fleet is not None,
     )

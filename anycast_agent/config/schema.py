@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from anycast_agent.config.checks import Target
+from anycast_agent.config.fleet import Fleet
 from anycast_agent.config.types import (
     ASN,
     ENV_PREFIX,
@@ -294,6 +295,7 @@ class AgentConfig(BaseSettings):
     resync_interval: Annotated[Duration, Field(ge=1.0)] = 60.0
     canary: bool = True  # probe a loopback listener of the agent's own (DESIGN §3.2a)
     resolver: Resolving = Resolving()
+    fleet: Fleet | None = None  # etcd coordination; absent: standalone (FLEET.md)
     # Deprecated (DESIGN §3.6): exit never withdraws. `false` is still accepted, because
     # configs and last-good copies in the field carry it; `true` is refused.
     withdraw_on_exit: bool | None = None
@@ -394,6 +396,7 @@ def frozen_keys_changed(old: AgentConfig, new: AgentConfig) -> list[str]:
             ("bgp", "ExaBGP's sessions come from it: render exabgp, drain, restart"),
             ("state_dir", "restart the agent"),
             ("control", "restart the agent"),
+            ("fleet", "restart the agent"),
         )
         if getattr(new, key) != getattr(old, key)
     ]

@@ -8,7 +8,7 @@ from typing import assert_never
 
 from anycast_agent.core.intents import Intents
 from anycast_agent.core.spec import TargetSpec
-from anycast_agent.model import RouteAttrs, RouteKey
+from anycast_agent.model import Announcing, RouteAttrs, RouteKey, WithdrawKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,23 @@ class Persist:
     intents: Intents
 
 
+@dataclass(frozen=True, slots=True)
+class AskGuard:
+    """Ask the fleet guard to permit withdrawing `service` at this PoP; answered by
+    GuardAnswered (a lost answer is a refusal: never withdraw on an unknown outcome)."""
+
+    service: str
+    kind: WithdrawKind
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Every service's state for the fleet (`svc/<svc>/pop/<pop>`); the shell writes what
+    changed, and all of it again under a new lease."""
+
+    states: tuple[tuple[str, Announcing], ...]
+
+
 class RefusalKind(enum.StrEnum):
     UNKNOWN_SERVICE = "unknown service"
     CONFLICT = "conflict"
@@ -137,6 +154,8 @@ Command = (
     | Reply
     | Ready
     | Log
+    | AskGuard
+    | Publish
 )
 
 

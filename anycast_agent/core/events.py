@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from anycast_agent.core.commands import RouteCommand
 from anycast_agent.core.intents import RampAction
 from anycast_agent.core.spec import PopSpec
-from anycast_agent.model import NeighborState, ProbeResult, RouteAttrs, RouteKey
+from anycast_agent.model import (
+    FleetMode,
+    NeighborState,
+    ProbeResult,
+    RefusalReason,
+    RouteAttrs,
+    RouteKey,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +220,33 @@ class Tick:
     at: Instant
 
 
+@dataclass(frozen=True, slots=True)
+class FleetModeChanged:
+    """The coordination with etcd changed mode (FLEET.md §3.4)."""
+
+    at: Instant
+    mode: FleetMode
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetViewChanged:
+    """Something the guard reads changed (a PoP's state, the policy, the freeze, a budget
+    slot): a refused withdraw asks again."""
+
+    at: Instant
+
+
+@dataclass(frozen=True, slots=True)
+class GuardAnswered:
+    """The fleet guard's answer to AskGuard: permitted (`refused` None) or refused."""
+
+    at: Instant
+    service: str
+    refused: RefusalReason | None
+    detail: str = ""
+
+
 Event = (
     Synced
     | ProbeObserved
@@ -228,4 +262,7 @@ Event = (
     | ChannelClosed
     | RibRead
     | Tick
+    | FleetModeChanged
+    | FleetViewChanged
+    | GuardAnswered
 )

@@ -37,6 +37,9 @@ from anycast_agent.core.events import (
     CommandAcked,
     ConfigSwapped,
     Event,
+    FleetModeChanged,
+    FleetViewChanged,
+    GuardAnswered,
     Instant,
     IntentSubmitted,
     NeighborChanged,
@@ -49,6 +52,7 @@ from anycast_agent.core.events import (
     VipAdded,
     VipsListed,
 )
+from anycast_agent.core.fleet import FleetGate, announcing
 from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import Intents
 from anycast_agent.core.lifecycle import reread, swapped, synced
@@ -69,6 +73,7 @@ from anycast_agent.core.traffic import (
 )
 from anycast_agent.core.vips import VipGate
 from anycast_agent.model import (
+    Announcing,
     Family,
     NeighborState,
     ProbeResult,
@@ -127,6 +132,7 @@ class Pop:
         self.drain_starts = drain_starts({}, self.intents, started)
         self.sessions = Sessions()  # per-session drains, and sessions ramping back
         self.applied: dict[str, Applied] = {}  # the intents each service's routes follow now
+        self.fleet = FleetGate(spec.fleet, spec.pop)
         self._snap: Snapshot | None = None
         self.use(spec)
 
@@ -172,6 +178,16 @@ class Pop:
             case ChannelClosed():
                 self.channel_up = False
                 out = []
+            case FleetModeChanged(at=at, mode=mode, why=why):
+                out = self.fleet.mode_changed(mode, why)
+                self.news(at)
+            case FleetViewChanged(at=at):
+                self.fleet.view += 1
+                self.news(at)
+                out = []
+            case GuardAnswered(at=at, service=service, refused=refused, detail=detail):
+                out = self.fleet.answered(service, refused, detail, at.mono)
+                self.news(at, service)
             case CanaryObserved(at=at, result=result):
                 was_ok = self.canary is None or self.canary.ok
                 self.canary = result
@@ -191,6 +207,8 @@ class Pop:
             case _:
                 assert_never(event)
         self._snap = None
+        if self.fleet.enabled:
+            out += self.fleet.publish(self.published())
         return out
 
     def next_deadline(self) -> float | None:
@@ -383,6 +401,8 @@ class Pop:
         if self.state_unreadable:
             why = f"state unreadable, held de-preferred until `state reset`: {decision.reason}"
             outcome = held_only(svc, outcome, self.rib.held.keys(), why)
+        outcome, asks = self.fleet.guard(svc, outcome, self.rib.held, now)
+        out += asks
         self.memory[svc.name] = mem
         if held and outcome.phase in _RAMP_ENDED:
             self.intents = replace(self.intents, ramp_holds=self.intents.ramp_holds - {svc.name})
@@ -426,6 +446,14 @@ class Pop:
         self.rib.in_flight.add(command.key)
         return [command]
 
+    def published(self) -> dict[str, Announcing]:
+        """Every service's state for the fleet, from what ExaBGP acknowledged."""
+        up = {n for n, s in self.neighbors.items() if s is NeighborState.ESTABLISHED}
+        return {
+            s.name: announcing(self._keys[s.name], self.rib.held, up, self.channel_up)
+            for s in self.spec.services
+        }
+
     def allowed_prefixes(self) -> frozenset[str]:
         """The prefixes a command may name (DESIGN §4): configured, or held by ExaBGP."""
         return self._configured | {k.prefix for k in self.rib.held}
@@ -437,12 +465,15 @@ class Pop:
         self.services = {s.name: s for s in spec.services}
         self._frozen = {k: v for k, v in self._frozen.items() if k in self.services}
         self.applied = {k: v for k, v in self.applied.items() if k in self.services}
-        self.mapped = {
-            RouteKey(n.address, str(p))
+        self._keys = {
+            s.name: [
+                RouteKey(n.address, str(p))
+                for n in s.neighbors
+                for p in s.prefixes
+                if Family.of(p) in n.families
+            ]
             for s in spec.services
-            for n in s.neighbors
-            for p in s.prefixes
-            if Family.of(p) in n.families
         }
+        self.mapped = {k for keys in self._keys.values() for k in keys}
         self.vips.mode = spec.addresses
         self.vips.withheld = self.vips.missing(spec)

@@ -13,7 +13,15 @@ from anycast_agent.core.intents import Drain, MedOverride
 from anycast_agent.core.sessions import session_drains
 from anycast_agent.core.spec import RampMode, TargetKind
 from anycast_agent.core.traffic import Memory, Phase
-from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
+from anycast_agent.model import (
+    Announcing,
+    CheckerFault,
+    FleetMode,
+    NeighborState,
+    RefusalReason,
+    RouteAttrs,
+    TargetState,
+)
 
 if TYPE_CHECKING:
     from anycast_agent.core.pop import Pop
@@ -88,6 +96,8 @@ class ServiceSnapshot:
     routes: tuple[RouteSnapshot, ...]
     frozen: bool = False  # a checker fault holds its health-driven transitions
     session_drains: Mapping[str, str] = field(default_factory=dict)  # neighbor: why
+    published: Announcing | None = None  # the state the fleet is told (None: standalone)
+    guard: str = ""  # where its withdraw stands with the fleet guard ("" when none waits)
 
     @property
     def announcing(self) -> bool:
@@ -117,6 +127,9 @@ class Snapshot:
     canary_up: bool | None = None  # None: no canary (or no check of it yet)
     fd_limit: int = 0
     fd_needed: int = 0
+    fleet_mode: FleetMode = FleetMode.STANDALONE
+    fleet_why: str = ""  # why the fleet is in its mode
+    guard_refusals: Mapping[RefusalReason, int] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceSnapshot | None:
         return next((s for s in self.services if s.name == name), None)
@@ -155,6 +168,8 @@ def _checker_faults(pop: Pop) -> dict[CheckerFault, int]:
 
 def build_snapshot(pop: Pop) -> Snapshot:
     held, frozen = pop.rib.held, pop.frozen
+    published = pop.published() if pop.fleet.enabled else {}
+    guards = pop.fleet.services
     services = []
     for svc in pop.spec.services:
         outcome = pop.outcomes.get(svc.name)
@@ -182,6 +197,8 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 transitions=mem.transitions,
                 targets=tuple(_target(r) for r in pop.targets.get(svc.name, ())),
                 frozen=svc.name in frozen,
+                published=published.get(svc.name),
+                guard=guards[svc.name].describe() if svc.name in guards else "",
                 routes=tuple(
                     RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), held.get(k)) for k in keys
                 ),
@@ -208,4 +225,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
         canary_up=None if pop.canary is None else pop.canary.ok,
         fd_limit=pop.about.fd_limit,
         fd_needed=pop.about.fd_needed,
+        fleet_mode=pop.fleet.mode,
+        fleet_why=pop.fleet.why,
+        guard_refusals=dict(pop.fleet.refusals),
     )

@@ -107,3 +107,4 @@ class PopSpec:
     checker_fault_max_s: float = 300.0
     local_as: int = 0  # for the de-preferred AS path of routes drained out of the config
     drain_grace_s: float = 30.0  # how long they are de-preferred before the withdraw
+    fleet: bool = False  # etcd configured: withdraws need the fleet guard's permit

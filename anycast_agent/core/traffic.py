@@ -39,6 +39,7 @@ class Phase(enum.StrEnum):
     DRAINING = "draining"  # de-preferred, withdraw after drain_grace
     DRAINED = "drained"  # withdrawn by the operator
     HELD = "held"  # state unreadable: what ExaBGP holds stays, de-preferred; nothing new
+    GUARDED = "guarded"  # the fleet guard has not permitted its withdraw: held, de-preferred
 
 
 @dataclass(frozen=True, slots=True)
