@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import assert_never
 
@@ -27,10 +28,12 @@ from anycast_agent.core.lifecycle import refusals
 from anycast_agent.core.pop import TICK_S, Pop
 from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec
-from anycast_agent.errors import RenderError, SpeakerError
+from anycast_agent.errors import ConfigError, RenderError, SpeakerError
+from anycast_agent.fleet.coordinator import Coordinator
+from anycast_agent.fleet.setup import coordinator_for
 from anycast_agent.heap import settle_heap
 from anycast_agent.limits import fd_budget, prefer_oom_kill
-from anycast_agent.model import NeighborState
+from anycast_agent.model import NeighborState, RefusalReason, WithdrawKind
 from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
@@ -84,6 +87,7 @@ class Agent:
         self._lock: WriterLock | None = None
         self._session_up = asyncio.Event()  # a session came up: re-read ExaBGP's routes soon
         self.spawned = started_by_exabgp()  # the parent is ExaBGP: never exit over the lock
+        self.fleet: Coordinator | None = None
 
     def now(self) -> e.Instant:
         return e.Instant(self.clock(), self.wall())
@@ -117,6 +121,8 @@ class Agent:
                 }
                 if not self.dry_run:
                     jobs["resync"] = self._resync_forever()
+                if self.config.fleet is not None and not self.dry_run:
+                    jobs["fleet"] = self._fleet()
                 if self.config.canary:
                     report = lambda r: self._observe(e.CanaryObserved(self.now(), r))  # noqa: E731
                     jobs["canary"] = canary_forever(report)
@@ -273,6 +279,13 @@ class Agent:
                     pass  # not running (a reload before the start)
                 case c.Ready():
                     self.notifier.ready()
+                case c.AskGuard(service=service, kind=kind):
+                    assert self._tg is not None
+                    self._tg.create_task(self._ask(service, kind), name=f"guard:{service}")
+                case c.Publish(states=states) if self.fleet is not None:
+                    self.fleet.publish(dict(states))
+                case c.Publish():
+                    pass  # no coordinator: nothing is published
                 case c.Log(level=level, message=message):
                     log.log(level, "%s", message)
                 case _:
@@ -292,6 +305,26 @@ class Agent:
             log.error("%s", exc)
             result = e.AckResult.TIMEOUT
         await self._handle(e.CommandAcked(self.now(), command, result))
+
+    async def _fleet(self) -> None:
+        """Coordinate through etcd; without a usable coordinator the fleet stays DEGRADED
+        (no withdraw granted), never standalone: that would drop the guard on a bad file."""
+        try:
+            self.fleet = coordinator_for(self.config, self._handle, self.now)
+        except ConfigError as exc:
+            log.critical("fleet: %s: staying DEGRADED, no withdraw is granted", exc)
+            return
+        self.fleet.publish(self.pop.fleet.publishing)
+        try:
+            await self.fleet.run()
+        finally:
+            await self.fleet.client.close()
+
+    async def _ask(self, service: str, kind: WithdrawKind) -> None:
+        answer: tuple[RefusalReason | None, str] = (RefusalReason.DEGRADED, "no coordinator")
+        if self.fleet is not None:
+            answer = await self.fleet.ask(service, kind)
+        await self._handle(e.GuardAnswered(self.now(), service, *answer))
 
     def _start_probe(self, service: str, target: TargetSpec) -> None:
         assert self._tg is not None and self._factory is not None
@@ -321,7 +354,16 @@ class Agent:
     # -- the control endpoint's Controller -----------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        return self.pop.snapshot()
+        snap = self.pop.snapshot()
+        if self.fleet is None:
+            return snap
+        stats = self.fleet.stats()
+        return replace(
+            snap,
+            fleet_slots_in_use=stats.slots_in_use,
+            fleet_slots=stats.slots,
+            fleet_contact_age_s=stats.last_ok_age_s,
+        )
 
     async def submit(self, request: e.OperatorRequest) -> c.Refusal | None:
         """Hand an operator request to the core; its answer once it has one (a Persist the

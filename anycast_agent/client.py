@@ -452,6 +452,9 @@ def format_status(status: Any) -> str:
         lines.append("WARNING: running the last-good config (the configured one is invalid)")
     if status.get("state_unreadable"):
         lines.append("WARNING: the state file is unreadable: every service is drained")
+    fleet = status.get("fleet") or {}
+    if fleet.get("mode") not in (None, "standalone"):
+        lines.append(f"fleet {fleet['mode']}: {fleet.get('why', '')}")
     neighbors = ", ".join(f"{n['address']} {n['state']}" for n in status.get("neighbors", []))
     lines.append(f"neighbors: {neighbors or '-'}")
     services = status.get("services", [])
@@ -492,4 +495,5 @@ def format_status(status: Any) -> str:
             )
     if len(trows) > 1:
         lines += ["", *_table(trows)]
+    lines += [f"{s['name']}: {s['fleet_guard']}" for s in services if s.get("fleet_guard")]
     return "\n".join(_clean(line) for line in lines) + "\n"

@@ -16,7 +16,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from anycast_agent.core.snapshot import Snapshot
-from anycast_agent.model import NeighborState, TargetState
+from anycast_agent.model import FleetMode, NeighborState, RefusalReason, TargetState
 
 PREFIX = "anycast_agent_"
 
@@ -56,6 +56,7 @@ class SnapshotCollector(Collector):
         yield from self._targets(snap)
         yield from self._services(snap)
         yield from self._routes(snap)
+        yield from self._fleet(snap)
 
     def _agent(self, snap: Snapshot) -> Iterator[Metric]:
         info = InfoMetricFamily(PREFIX + "build", "The agent's version.", labels=["version"])
@@ -257,6 +258,59 @@ class SnapshotCollector(Collector):
                 if r.accepted is not None:
                     med.add_metric(key, r.accepted.med)
         yield from (announced, wanted, med, sessions)
+
+    def _fleet(self, snap: Snapshot) -> Iterator[Metric]:
+        mode = _g(
+            "fleet_mode",
+            "1 for the fleet coordination mode (standalone: no etcd configured; connected; "
+            "degraded: etcd unreachable, no withdraw is granted), 0 for the others.",
+            ("mode",),
+        )
+        for m in FleetMode:
+            mode.add_metric([m.value], 1.0 if snap.fleet_mode is m else 0.0)
+        yield mode
+        if snap.fleet_mode is FleetMode.STANDALONE:
+            return
+        refusals = _c(
+            "fleet_guard_refusals",
+            "Withdraws the fleet guard did not permit (the service stays de-preferred), by "
+            "reason: too_few, frozen, budget, degraded, unanswered.",
+            ("reason",),
+        )
+        for reason in RefusalReason:
+            refusals.add_metric([reason.name.lower()], snap.guard_refusals.get(reason, 0))
+        yield refusals
+        waiting = _g(
+            "fleet_guard_holding",
+            "1 while the service's withdraw waits for the fleet guard (kept announced).",
+            ("service",),
+        )
+        for svc in snap.services:
+            waiting.add_metric(
+                [svc.name], 1.0 if svc.guard and "permitted" not in svc.guard else 0.0
+            )
+        yield waiting
+        for name, doc, value in (
+            (
+                "fleet_budget_slots_in_use",
+                "Budget slots taken fleet-wide.",
+                snap.fleet_slots_in_use,
+            ),
+            (
+                "fleet_budget_slots",
+                "Budget slots per window (ctl/budget or the config).",
+                snap.fleet_slots,
+            ),
+            (
+                "fleet_contact_age_seconds",
+                "Seconds since etcd last answered a keepalive or a linearizable call.",
+                snap.fleet_contact_age_s,
+            ),
+        ):
+            if value is not None:
+                g = _g(name, doc)
+                g.add_metric([], value)
+                yield g
 
 
 def make_registry(

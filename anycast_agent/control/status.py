@@ -97,6 +97,8 @@ def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
         "drain": _drain_json(s.drain, wall_now),
         "med_override": _override_json(s.med_override, wall_now),
         "session_drains": dict(s.session_drains),
+        "fleet_state": None if s.published is None else s.published.value,
+        "fleet_guard": s.guard,
         "targets": [_target_json(t) for t in s.targets],
         "routes": [_route_json(r, snap.neighbors) for r in s.routes],
     }
@@ -123,5 +125,13 @@ def status_json(snap: Snapshot, wall_now: float) -> JSON:
         "removal_held": snap.removal_held,
         "fd_limit": snap.fd_limit,
         "fd_needed": snap.fd_needed,
+        "fleet": {
+            "mode": snap.fleet_mode.value,
+            "why": snap.fleet_why,
+            "guard_refusals": {r.name.lower(): n for r, n in snap.guard_refusals.items()},
+            "budget_slots_in_use": snap.fleet_slots_in_use,
+            "budget_slots": snap.fleet_slots,
+            "contact_age_s": snap.fleet_contact_age_s,
+        },
         "services": [_service_json(s, snap, wall_now) for s in snap.services],
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from anycast_agent.core.commands import AskGuard, Command, Publish, info, warn
 from anycast_agent.core.spec import ServiceSpec
@@ -19,11 +20,15 @@ from anycast_agent.model import (
     MED_DRAIN,
     Announcing,
     FleetMode,
+    NeighborState,
     RefusalReason,
     RouteAttrs,
     RouteKey,
     WithdrawKind,
 )
+
+if TYPE_CHECKING:
+    from anycast_agent.core.pop import Pop
 
 # A refused withdraw asks again on every view change, and at least this often.
 REASK_S = 5.0
@@ -239,3 +244,16 @@ def announcing(
     if all(a.med == MED_DRAIN for a in live):
         return Announcing.DEPREFERRED
     return Announcing.ANNOUNCED
+
+
+def published_states(pop: Pop) -> dict[str, Announcing]:
+    """Every service's state for the fleet, from what ExaBGP acknowledged; a granted withdraw
+    is W from the permit on, so no other PoP counts one that is leaving."""
+    up = {n for n, s in pop.neighbors.items() if s is NeighborState.ESTABLISHED}
+    granted = {n for n, g in pop.fleet.services.items() if g.permitted}
+    return {
+        s.name: Announcing.WITHDRAWN
+        if s.name in granted
+        else announcing(pop.keys_of(s.name), pop.rib.held, up, pop.channel_up)
+        for s in pop.spec.services
+    }

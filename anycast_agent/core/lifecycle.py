@@ -7,8 +7,8 @@ from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from anycast_agent.core.commands import Command, StartProbe, info, warn
-from anycast_agent.core.events import ConfigSwapped, RibRead, Synced
+from anycast_agent.core.commands import Command, StartProbe, error, info, warn
+from anycast_agent.core.events import CanaryObserved, ConfigSwapped, RibRead, Synced
 from anycast_agent.core.health import carry_targets
 from anycast_agent.core.intents import POP, Intents
 from anycast_agent.core.traffic import adopt
@@ -107,5 +107,25 @@ def reread(pop: Pop, event: RibRead) -> list[Command]:
         warn(
             f"ExaBGP holds {len(fixed)} route(s) otherwise than it acknowledged ({shown}{more}): "
             "correcting"
+        )
+    ]
+
+
+def canary_observed(pop: Pop, event: CanaryObserved) -> list[Command]:
+    """The agent's own loopback canary: while it fails, every service's health is frozen."""
+    result = event.result
+    was_ok = pop.canary is None or pop.canary.ok
+    pop.canary = result
+    if not result.ok:
+        pop.freeze(*pop.targets)
+    if result.ok == was_ok:
+        return []
+    pop.news(event.at)
+    if result.ok:
+        return [info("canary answers again: probing works")]
+    return [
+        error(
+            f"canary failed ({result.reason}): every service's health "
+            "is frozen until the agent can probe its own loopback"
         )
     ]

@@ -52,10 +52,10 @@ from anycast_agent.core.events import (
     VipAdded,
     VipsListed,
 )
-from anycast_agent.core.fleet import FleetGate, announcing
+from anycast_agent.core.fleet import FleetGate, published_states
 from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import Intents
-from anycast_agent.core.lifecycle import reread, swapped, synced
+from anycast_agent.core.lifecycle import canary_observed, reread, swapped, synced
 from anycast_agent.core.orphans import Orphans
 from anycast_agent.core.policy import Decision, decide
 from anycast_agent.core.requests import Pending, persisted, submitted
@@ -188,22 +188,8 @@ class Pop:
             case GuardAnswered(at=at, service=service, refused=refused, detail=detail):
                 out = self.fleet.answered(service, refused, detail, at.mono)
                 self.news(at, service)
-            case CanaryObserved(at=at, result=result):
-                was_ok = self.canary is None or self.canary.ok
-                self.canary = result
-                out = []
-                if not result.ok:
-                    self._freeze(*self.targets)
-                if result.ok != was_ok:
-                    self.news(at)
-                    out = [
-                        info("canary answers again: probing works")
-                        if result.ok
-                        else error(
-                            f"canary failed ({result.reason}): every service's health "
-                            "is frozen until the agent can probe its own loopback"
-                        )
-                    ]
+            case CanaryObserved():
+                out = canary_observed(self, event)
             case _:
                 assert_never(event)
         self._snap = None
@@ -242,7 +228,7 @@ class Pop:
         now = event.at.mono
         before = (record.health.state, record.checker is None)
         if event.result.checker is not None:
-            self._freeze(event.service)
+            self.freeze(event.service)
         line = record.report(event.result, now)
         # A checker blind for longer than checker_fault_max is no progress: the watchdog then
         # fails the PoP closed, as for a hang (a blind agent must not hold routes for ever).
@@ -365,7 +351,7 @@ class Pop:
         records = self.targets[svc.name]
         faults = self._faults(svc.name)
         if faults:  # the checker is blind: health decides as it did when it went blind
-            self._freeze(svc.name)
+            self.freeze(svc.name)
         else:
             self._frozen.pop(svc.name, None)
         live = None if faults else (decide(svc, [r.health for r in records]), *capacity(records))
@@ -422,7 +408,7 @@ class Pop:
         """The services whose health a checker fault holds."""
         return set(self._frozen)
 
-    def _freeze(self, *services: str) -> None:
+    def freeze(self, *services: str) -> None:
         """Keep what health says of these services now, until the checker sees again."""
         for name in services:
             if name not in self._frozen:
@@ -448,11 +434,11 @@ class Pop:
 
     def published(self) -> dict[str, Announcing]:
         """Every service's state for the fleet, from what ExaBGP acknowledged."""
-        up = {n for n, s in self.neighbors.items() if s is NeighborState.ESTABLISHED}
-        return {
-            s.name: announcing(self._keys[s.name], self.rib.held, up, self.channel_up)
-            for s in self.spec.services
-        }
+        return published_states(self)
+
+    def keys_of(self, service: str) -> list[RouteKey]:
+        """Every (neighbor, prefix) the config maps the service to."""
+        return self._keys[service]
 
     def allowed_prefixes(self) -> frozenset[str]:
         """The prefixes a command may name (DESIGN §4): configured, or held by ExaBGP."""

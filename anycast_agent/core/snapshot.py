@@ -130,6 +130,10 @@ class Snapshot:
     fleet_mode: FleetMode = FleetMode.STANDALONE
     fleet_why: str = ""  # why the fleet is in its mode
     guard_refusals: Mapping[RefusalReason, int] = field(default_factory=dict)
+    # Filled in by the shell from its etcd coordinator (None: not known, or standalone).
+    fleet_slots_in_use: int | None = None
+    fleet_slots: int | None = None
+    fleet_contact_age_s: float | None = None
 
     def service(self, name: str) -> ServiceSnapshot | None:
         return next((s for s in self.services if s.name == name), None)

@@ -21,7 +21,15 @@ from anycast_agent.core.intents import POP, Drain, MedOverride
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
 from anycast_agent.core.spec import RampMode, TargetKind
 from anycast_agent.core.traffic import Phase
-from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
+from anycast_agent.model import (
+    Announcing,
+    CheckerFault,
+    FleetMode,
+    NeighborState,
+    RefusalReason,
+    RouteAttrs,
+    TargetState,
+)
 
 TOKEN = "s3cret-token"
 JSON_TYPE = {"Content-Type": "application/json"}  # what every mutation must say it sends
@@ -96,6 +104,9 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         targets=(target("ns1", TargetState.UNHEALTHY), target("ns2", TargetState.UNKNOWN)),
         routes=(RouteSnapshot("192.0.2.53/32", "198.51.100.1", None, None),),
         session_drains={"198.51.100.3": "transit work (bob)"},
+        published=Announcing.DEPREFERRED,
+        guard="withdraw refused: too few other PoPs announcing (1 other PoP(s) announce, "
+        "min_pops is 2)",
     )
     base: dict[str, Any] = {
         "pop": "ams1",
@@ -118,6 +129,12 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         "canary_up": True,
         "fd_limit": 1024,
         "fd_needed": 70,
+        "fleet_mode": FleetMode.CONNECTED,
+        "fleet_why": "lease, view and own states are fresh",
+        "guard_refusals": {RefusalReason.TOO_FEW: 2},
+        "fleet_slots_in_use": 1,
+        "fleet_slots": 3,
+        "fleet_contact_age_s": 0.5,
     }
     base.update(overrides)
     return Snapshot(**base)

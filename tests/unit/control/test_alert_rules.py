@@ -158,6 +158,28 @@ CASES = [
         4,
         ("1m",),
     ),
+    Case(
+        "FleetDegraded",
+        {
+            s("anycast_agent_fleet_mode", mode="degraded"): "0 1x4",
+            s("anycast_agent_fleet_mode", mode="connected"): "1 0x4",
+        },
+        "4m",
+        {**POP, "mode": "degraded"},
+        1,
+        ("1m", "2m"),
+    ),
+    Case(
+        "FleetGuardRefusing",
+        {
+            s("anycast_agent_fleet_guard_refusals_total", reason="too_few"): "0 0 3x5",
+            s("anycast_agent_fleet_guard_refusals_total", reason="degraded"): "0 5 9x5",
+        },
+        "4m",
+        {**POP, "reason": "too_few"},
+        3,
+        ("1m",),
+    ),
 ]
 
 

@@ -37,6 +37,8 @@ REQUIRED_ALERTS = {
     "StateWriteFailing",
     "ExabgpRefusesRoutes",
     "ExabgpRoutesCorrected",
+    "FleetDegraded",
+    "FleetGuardRefusing",
 }
 
 

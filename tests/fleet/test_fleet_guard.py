@@ -1,0 +1,172 @@
+"""The fleet guard against a real 3-member etcd (FLEET.md §3.11 tier 1): simulated PoPs, each
+the real core and coordinator, race, spend the budget and ride out etcd faults; an invariant
+checker reads every PoP's RIB log."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from anycast_agent.model import FleetMode
+from tests.fleet.sim import RibEntry, SimPop, announcing_after_each_change, sim_config, wait_until
+from tests.lab.etcd import EtcdCluster
+from tests.lab.prereqs import require_tool
+
+_rounds = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A cluster of this module's own: the fault tests kill and pause its members."""
+    require_tool("etcd", "etcd-server")
+    etcd = EtcdCluster(tmp_path_factory.mktemp("etcd-guard"), members=3)
+    etcd.start()
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+class Fleet:
+    def __init__(self, cluster: EtcdCluster, count: int, **fleet: Any) -> None:
+        prefix = f"/anycast/t{next(_rounds)}-{time.monotonic_ns()}/"  # a fresh keyspace per test
+        self.log: list[RibEntry] = []
+        self.pops = [
+            SimPop(sim_config(f"p{i:02d}", cluster.endpoints, prefix, **fleet), self.log)
+            for i in range(count)
+        ]
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.pops]
+
+    def count(self, state: str) -> int:
+        return sum(1 for p in self.pops if p.state == state)
+
+    async def start(self) -> None:
+        await asyncio.gather(*(p.start() for p in self.pops))
+        await wait_until(
+            "every PoP connected and announcing",
+            lambda: all(p.mode is FleetMode.CONNECTED and p.state == "A" for p in self.pops),
+            15,
+        )
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.pops))
+
+    def describe(self) -> str:
+        """Each PoP's RIB state, mode and where its guard stands (for failure messages)."""
+        return "; ".join(
+            f"{p.name} {p.state} {p.mode} {p.pop.fleet.services.get('web')}" for p in self.pops
+        )
+
+    def changes_since(self, t: float) -> list[RibEntry]:
+        return [x for x in self.log if x.t >= t]
+
+
+@pytest.fixture
+async def fleet_factory(cluster: EtcdCluster) -> AsyncIterator[Any]:
+    made: list[Fleet] = []
+
+    async def make(count: int, **fleet: Any) -> Fleet:
+        f = Fleet(cluster, count, **fleet)
+        made.append(f)
+        await f.start()
+        return f
+
+    yield make
+    for f in made:
+        await f.stop()
+
+
+async def test_a_fleet_wide_failure_never_leaves_fewer_than_k_pops_announcing(
+    fleet_factory: Any,
+) -> None:
+    """Every PoP's edges fail at the same moment, 20 times over: each time exactly N - K PoPs
+    withdraw and K stay, de-preferred, at every step of the race."""
+    pops, k = 20, 5
+    for round_ in range(20):
+        fleet = await fleet_factory(pops, min_pops=k, budget={"slots": 100, "window": 60})
+        since = time.monotonic()
+        await asyncio.gather(*(p.health(ok=False) for p in fleet.pops))
+        await wait_until(
+            f"round {round_}: {pops - k} withdrawn",
+            lambda f=fleet: f.count("W") == pops - k and f.count("D") == k,
+            20,
+            fleet.describe,
+        )
+        start = dict.fromkeys(fleet.names, "A")
+        counts = announcing_after_each_change(fleet.changes_since(since), start)
+        assert min(counts) >= k, (round_, counts)
+        await fleet.stop()
+
+
+async def test_the_budget_allows_at_most_b_health_withdraws_per_window(fleet_factory: Any) -> None:
+    """K = 0, B = 2 slots of 2 s: six failing PoPs leave in a staircase, two per window."""
+    fleet = await fleet_factory(6, min_pops=0, budget={"slots": 2, "window": 2})
+    since = time.monotonic()
+    await asyncio.gather(*(p.health(ok=False) for p in fleet.pops))
+    await wait_until("every PoP withdrawn", lambda: fleet.count("W") == 6, 30)
+    times = sorted(x.t for x in fleet.changes_since(since) if x.what == "W")
+    assert len(times) == 6
+    for first, third in zip(times, times[2:], strict=False):
+        assert third - first >= 2.0 - 0.05, times  # a slot's lease lasts at least the window
+    assert fleet.count("D") == 0
+
+
+@pytest.mark.parametrize("fault", ["leader-kill", "quorum-loss", "sigstop-all"])
+async def test_etcd_faults_change_no_route(
+    cluster: EtcdCluster, fleet_factory: Any, fault: str
+) -> None:
+    """Seven PoPs, K = 6, two of them failing before the fault (one withdrawn, one refused
+    and held de-preferred): the fault changes no route, and afterwards every PoP connects."""
+    fleet = await fleet_factory(7, min_pops=6, budget={"slots": 10, "window": 60})
+    await asyncio.gather(*(p.health(ok=False) for p in fleet.pops[:2]))
+    await wait_until("one withdrawn, one held", lambda: fleet.count("W") == 1, 10)
+    await wait_until("the other held de-preferred", lambda: fleet.count("D") == 1, 10)
+    since = time.monotonic()
+    degraded = fault != "leader-kill"
+    killed: list[int] = []
+    if fault == "leader-kill":
+        killed = [await asyncio.to_thread(cluster.leader_index)]
+    elif fault == "quorum-loss":
+        leader = await asyncio.to_thread(cluster.leader_index)
+        killed = [leader, (leader + 1) % 3]
+    for i in killed:
+        cluster.kill(i)
+    if fault == "sigstop-all":
+        cluster.pause_all()
+    try:
+        if degraded:
+            await wait_until(
+                "every PoP degraded",
+                lambda: all(p.mode is FleetMode.DEGRADED for p in fleet.pops),
+                15,
+            )
+        else:
+
+            def elected() -> bool:
+                try:
+                    return cluster.leader_index() not in killed
+                except AssertionError:  # no agreed leader yet: the election runs
+                    return False
+
+            await wait_until("a new leader", elected, 15)
+    finally:
+        if fault == "sigstop-all":
+            cluster.resume_all()
+        for i in killed:
+            cluster.restart(i)
+    await asyncio.to_thread(cluster.wait_healthy, 20)
+    await wait_until(
+        "every PoP connected again",
+        lambda: all(p.mode is FleetMode.CONNECTED for p in fleet.pops),
+        20,
+    )
+    assert fleet.changes_since(since) == []
+    assert (fleet.count("A"), fleet.count("D"), fleet.count("W")) == (5, 1, 1)
