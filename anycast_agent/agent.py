@@ -20,20 +20,20 @@ from pathlib import Path
 from typing import assert_never
 
 from anycast_agent import __version__
-from anycast_agent.config import AgentConfig, pop_spec, reloadable
+from anycast_agent.config import AgentConfig, load_config, pop_spec, reloadable
 from anycast_agent.control.server import ControlServer
 from anycast_agent.core import commands as c
 from anycast_agent.core import events as e
 from anycast_agent.core.lifecycle import refusals
 from anycast_agent.core.pop import TICK_S, Pop
 from anycast_agent.core.snapshot import About, Snapshot
-from anycast_agent.core.spec import AddressMode, TargetSpec
+from anycast_agent.core.spec import AddressMode, TargetSpec, route_keys
 from anycast_agent.errors import ConfigError, RenderError, SpeakerError
 from anycast_agent.fleet.coordinator import Coordinator
 from anycast_agent.fleet.setup import coordinator_for
 from anycast_agent.heap import settle_heap
 from anycast_agent.limits import fd_budget, prefer_oom_kill
-from anycast_agent.model import NeighborState, RefusalReason, WithdrawKind
+from anycast_agent.model import NeighborState, RefusalReason, RouteKey, WithdrawKind
 from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
@@ -42,7 +42,7 @@ from anycast_agent.probes.resolver import Resolver
 from anycast_agent.probes.runner import probe_forever
 from anycast_agent.speaker import Speaker, held_routes, learn
 from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent, StateEvent, render
-from anycast_agent.state import count_start, save_last_good
+from anycast_agent.state import LAST_GOOD, count_start, save_last_good
 from anycast_agent.store import Store
 from anycast_agent.writer import LockBusy, WriterLock, own, started_by_exabgp
 
@@ -182,13 +182,24 @@ class Agent:
         except SpeakerError as exc:
             log.critical("%s: exiting before sending anything", exc)
             return False
-        await self._handle(e.Synced(self.now(), sessions, held))
+        await self._handle(e.Synced(self.now(), sessions, held, self._former()))
         if self.config.addresses.mode is AddressMode.CHECK:
             await self._list_vips()
         await self._handle(e.Tick(self.now()))  # held routes no longer configured go at once
         if self.config_text is not None and not self.fallback and not self.dry_run:
             save_last_good(self.config.state_dir, self.config_text)
         return True
+
+    def _former(self) -> dict[RouteKey, str]:
+        """With `fleet:`, the service each route belonged to in the last-good config (the
+        previous run's), so routes dropped since then drain out through the guard."""
+        if self.config.fleet is None:
+            return {}
+        try:
+            spec = pop_spec(load_config(self.config.state_dir / LAST_GOOD))
+        except (ConfigError, OSError):
+            return {}
+        return {k: name for name, keys in route_keys(spec).items() for k in keys}
 
     async def _closed(self, stop: asyncio.Event) -> None:
         await self.speaker.closed.wait()

@@ -176,6 +176,12 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--neighbor", help="drain one BGP session only (its neighbor address)")
     p.add_argument(
+        "--override-fleet",
+        action="store_true",
+        help="break-glass: withdraw after the grace without the fleet guard's permit (etcd "
+        "unreachable and this PoP black-holes traffic); audited and alerting",
+    )
+    p.add_argument(
         "--on-stop",
         action="store_true",
         help="for the unit's ExecStop: not persisted (the next start is not drained), no "
@@ -283,6 +289,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
             )
             if args.on_stop:
                 body["on_stop"] = True
+            if args.override_fleet:
+                body["override_fleet"] = True
             elif args.all and not args.yes and not _confirmed("Drain every service of this PoP?"):
                 raise UsageError("drain --all: not confirmed (--yes skips the question)")
             return "POST", _scope(args) + "/drain", body

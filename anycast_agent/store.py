@@ -50,6 +50,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "since": (int, float),
     "expires": (int, float, type(None)),
     "med": (int,),
+    "override_fleet": (bool,),
 }
 
 
@@ -60,13 +61,19 @@ def _checked(item: object, fields: tuple[str, ...]) -> dict[str, Any]:
         raise ValueError(f"expected the fields {sorted(fields)}, got {item!r}")
     for name in fields:
         value = item[name]
-        if not isinstance(value, _TYPES[name]) or isinstance(value, bool):
+        if not isinstance(value, _TYPES[name]) or (
+            isinstance(value, bool) and bool not in _TYPES[name]
+        ):
             raise ValueError(f"{name}: {value!r} is not a {_TYPES[name][0].__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name}: {value!r} is not a finite time")
     if "med" in item and not 0 <= item["med"] <= 0xFFFFFFFF:
         raise ValueError(f"med: {item['med']!r} is outside 0..4294967295")
     return item
+
+
+def _has(item: object, field: str) -> bool:
+    return isinstance(item, dict) and field in item
 
 
 def _list(data: dict[str, Any], key: str) -> list[Any]:
@@ -85,7 +92,15 @@ def decode(raw: bytes) -> Intents:
         raise ValueError(f"unknown keys {sorted(unknown)}")
     drain_fields = ("service", "reason", "author", "since", "expires")
     med_fields = ("service", "med", "reason", "author", "since", "expires")
-    drains = [Drain(**_checked(d, drain_fields)) for d in _list(data, "drains")]
+    # Files written before `override_fleet` existed hold drains without it.
+    drains = [
+        Drain(
+            **_checked(
+                d, (*drain_fields, "override_fleet") if _has(d, "override_fleet") else drain_fields
+            )
+        )
+        for d in _list(data, "drains")
+    ]
     meds = [MedOverride(**_checked(m, med_fields)) for m in _list(data, "meds")]
     session_fields = ("scope", "neighbor", "reason", "author", "since", "expires")
     sessions = [SessionDrain(**_checked(d, session_fields)) for d in _list(data, "sessions")]

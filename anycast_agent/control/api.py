@@ -140,7 +140,9 @@ async def _submit(c: Controller, request: OperatorRequest, result: JSON) -> JSON
 
 async def _drain(c: Controller, call: Call[DrainBody]) -> JSON:
     b = call.body
-    request = DrainRequest(call.service, b.reason, call.author, b.expires_in, b.on_stop, b.neighbor)
+    request = DrainRequest(
+        call.service, b.reason, call.author, b.expires_in, b.on_stop, b.neighbor, b.override_fleet
+    )
     return await _submit(c, request, {"drained": True})
 
 

@@ -76,6 +76,8 @@ class DrainBody(Body):
     neighbor: Neighbor = None
     # The unit is stopping (its ExecStop): the drain applies now and is never persisted.
     on_stop: Annotated[bool, Field(strict=True)] = False
+    # Break-glass: the withdraw needs no permit from the fleet guard (etcd unreachable).
+    override_fleet: Annotated[bool, Field(strict=True)] = False
 
 
 class MedBody(Body):

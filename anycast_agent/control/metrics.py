@@ -290,6 +290,15 @@ class SnapshotCollector(Collector):
                 [svc.name], 1.0 if svc.guard and "permitted" not in svc.guard else 0.0
             )
         yield waiting
+        overridden = _g(
+            "fleet_guard_overridden",
+            "1 while a break-glass drain (`drain --override-fleet`) withdraws the service "
+            "without the fleet guard.",
+            ("service",),
+        )
+        for svc in snap.services:
+            overridden.add_metric([svc.name], 1.0 if svc.guard_overridden else 0.0)
+        yield overridden
         for name, doc, value in (
             (
                 "fleet_budget_slots_in_use",

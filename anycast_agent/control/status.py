@@ -33,6 +33,7 @@ def _drain_json(d: Drain | None, wall_now: float) -> JSON | None:
         "reason": d.reason,
         "author": d.author,
         "since": d.since,
+        "override_fleet": d.override_fleet,
         **_expiry_json(d.expires, wall_now),
     }
 

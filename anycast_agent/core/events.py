@@ -45,6 +45,9 @@ class Synced:
     at: Instant
     neighbors: Mapping[str, NeighborState]
     held: Mapping[RouteKey, RouteAttrs]
+    # The service each route belonged to in the last-good config (the previous run's), so a
+    # route the config dropped meanwhile drains out under its service's name (fleet guard).
+    former: Mapping[RouteKey, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ class DrainRequest:
     expires_in_s: float | None = None
     on_stop: bool = False  # the unit is stopping: applies now, never persisted
     neighbor: str | None = None  # one BGP session only (its routes), else every session
+    override_fleet: bool = False  # break-glass: withdraw without the fleet guard's permit
 
 
 @dataclass(frozen=True, slots=True)

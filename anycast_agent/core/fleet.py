@@ -150,6 +150,7 @@ class FleetGate:
         self.refusals: dict[RefusalReason, int] = {}
         self.view = 0  # bumped on every change the shell saw in the fleet's keys
         self.publishing: dict[str, Announcing] = {}
+        self.overridden: set[str] = set()  # drained by break-glass: withdrawn without a permit
 
     @property
     def enabled(self) -> bool:
@@ -179,12 +180,27 @@ class FleetGate:
         self.services[service] = GuardState(None, False, reason, detail, now, self.view)
 
     def guard(
-        self, svc: ServiceSpec, out: Outcome, held: Mapping[RouteKey, RouteAttrs], now: float
+        self,
+        svc: ServiceSpec,
+        out: Outcome,
+        held: Mapping[RouteKey, RouteAttrs],
+        now: float,
+        override: bool = False,
     ) -> tuple[Outcome, list[Command]]:
         """The outcome the routes may follow: a withdraw of every held route of the service
-        waits for a permit; with a refusal, or while DEGRADED, they stay de-preferred."""
+        waits for a permit; with a refusal, or while DEGRADED, they stay de-preferred. A
+        break-glass drain (`override`) withdraws without one."""
         if not self.enabled:
             return out, []
+        if override and out.phase is Phase.DRAINED:
+            if svc.name not in self.overridden:
+                self.overridden.add(svc.name)
+                self.services.pop(svc.name, None)
+                return out, [
+                    warn(f"withdrawing {svc.name} WITHOUT the fleet guard: drain --override-fleet")
+                ]
+            return out, []
+        self.overridden.discard(svc.name)
         mine = {k: held[k] for k in out.wanted if k in held}
         if not mine or any(out.wanted.values()):  # not a withdraw of the service at this PoP
             self.services.pop(svc.name, None)
@@ -193,19 +209,8 @@ class FleetGate:
         if state.permitted:
             return out, []
         kind = WithdrawKind.DRAIN if out.phase is Phase.DRAINED else WithdrawKind.HEALTH
-        asks: list[Command] = []
-        wake = out.wake_at
-        if self.mode is FleetMode.DEGRADED and state.asking is None:
-            if state.refused is not RefusalReason.DEGRADED:
-                self._refuse(svc.name, RefusalReason.DEGRADED, self.why, now)
-                asks.append(warn(f"fleet degraded: {svc.name} kept de-preferred, not withdrawn"))
-        elif state.asking is None:
-            due = state.refused_at + REASK_S
-            if state.refused is None or state.refused_view != self.view or now >= due:
-                asks.append(AskGuard(svc.name, kind))
-                self.services[svc.name] = replace(state, asking=kind)
-            else:
-                wake = due if wake is None else min(wake, due)
+        asks, due = self._ask(svc.name, kind, now)
+        wake = out.wake_at if due is None else min(due, out.wake_at or due)
         state = self.services.get(svc.name, state)
         if state.refused is None:  # the first ask: the routes stay as they are until answered
             routes: dict[RouteKey, RouteAttrs | None] = {k: mine.get(k) for k in out.wanted}
@@ -219,6 +224,52 @@ class FleetGate:
             out, phase=Phase.GUARDED, reason=why, med=med, wanted=routes, wake_at=wake
         )
         return guarded, asks
+
+    def _ask(self, name: str, kind: WithdrawKind, now: float) -> tuple[list[Command], float | None]:
+        """Ask the guard about `name` unless a question is out, DEGRADED refuses at once, or
+        a refusal stands (until the view changes, or REASK_S: then the time to look again)."""
+        state = self.services.get(name, GuardState())
+        if state.asking is not None:
+            return [], None
+        if self.mode is FleetMode.DEGRADED:
+            if state.refused is RefusalReason.DEGRADED:
+                return [], None
+            self._refuse(name, RefusalReason.DEGRADED, self.why, now)
+            return [warn(f"fleet degraded: {name} kept de-preferred, not withdrawn")], None
+        due = state.refused_at + REASK_S
+        if state.refused is not None and state.refused_view == self.view and now < due:
+            return [], due
+        self.services[name] = replace(state, asking=kind)
+        return [AskGuard(name, kind)], None
+
+    def drain_out(
+        self,
+        gone: dict[RouteKey, RouteAttrs | None],
+        owner: Mapping[RouteKey, str],
+        held: Mapping[RouteKey, RouteAttrs],
+        now: float,
+        configured: set[str],
+    ) -> tuple[dict[RouteKey, RouteAttrs | None], list[Command], float | None]:
+        """Routes the config dropped, due to go: those of a known former service wait for the
+        guard under its name (kept as held, de-preferred) and go once it permits."""
+        if not self.enabled:
+            return gone, [], None
+        leaving: dict[str, list[RouteKey]] = {}
+        for key, attrs in gone.items():
+            if attrs is None and key in owner and key in held:
+                leaving.setdefault(owner[key], []).append(key)
+        former = set(owner.values()) - configured
+        for name in [n for n in self.services if n not in configured and n not in former]:
+            del self.services[name]  # a drained-out service that is gone: its permit too
+        out, asks, wakes = dict(gone), [], []
+        for name, keys in sorted(leaving.items()):
+            if self.services.get(name, GuardState()).permitted:
+                continue
+            out.update({k: held[k] for k in keys})
+            more, due = self._ask(name, WithdrawKind.DRAIN, now)
+            asks += more
+            wakes += [due] if due is not None else []
+        return out, asks, min(wakes, default=None)
 
     def publish(self, states: dict[str, Announcing]) -> list[Command]:
         """A Publish of every service's state when one changed (the shell writes the diff)."""
@@ -251,9 +302,13 @@ def published_states(pop: Pop) -> dict[str, Announcing]:
     is W from the permit on, so no other PoP counts one that is leaving."""
     up = {n for n, s in pop.neighbors.items() if s is NeighborState.ESTABLISHED}
     granted = {n for n, g in pop.fleet.services.items() if g.permitted}
+    keys: dict[str, list[RouteKey]] = {s.name: pop.keys_of(s.name) for s in pop.spec.services}
+    for key, name in pop.orphans.owner.items():  # a former service, drained out: D until W
+        if name not in pop.services:
+            keys.setdefault(name, []).append(key)
     return {
-        s.name: Announcing.WITHDRAWN
-        if s.name in granted
-        else announcing(pop.keys_of(s.name), pop.rib.held, up, pop.channel_up)
-        for s in pop.spec.services
+        name: Announcing.WITHDRAWN
+        if name in granted
+        else announcing(routes, pop.rib.held, up, pop.channel_up)
+        for name, routes in keys.items()
     }

@@ -28,6 +28,9 @@ class Drain:
     author: str
     since: float  # wall-clock seconds (persisted; survives restarts)
     expires: float | None = None
+    # Break-glass (`drain --override-fleet`): the withdraw after the grace needs no permit
+    # from the fleet guard, for a PoP black-holing traffic while etcd is unreachable.
+    override_fleet: bool = False
 
 
 @dataclass(frozen=True, slots=True)

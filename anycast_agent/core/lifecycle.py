@@ -26,7 +26,7 @@ def synced(pop: Pop, event: Synced) -> list[Command]:
     pop.neighbors = {n.address: NeighborState.DOWN for n in pop.spec.neighbors}
     pop.neighbors.update(event.neighbors)
     pop.rib.held = dict(event.held)
-    held_back = pop.orphans.review(pop.rib.held, pop.mapped, event.at.mono, False)
+    held_back = pop.orphans.review(pop.rib.held, pop.mapped, event.at.mono, False, event.former)
     for svc in pop.spec.services:
         pop.memory[svc.name] = adopt(svc, event.held, event.at.mono)
     adopted = [s for s, m in pop.memory.items() if m.was_up]
@@ -62,9 +62,11 @@ def swapped(pop: Pop, event: ConfigSwapped) -> list[Command]:
     if new.vip_interface != pop.spec.vip_interface:
         pop.vips = VipGate(new.addresses, new.vip_interface)
     pop.about = replace(pop.about, last_good_fallback=False)
+    owners = pop.owners()  # before the swap: the services the routes belonged to
     pop.use(new)
     if pop.synced:
-        out += pop.orphans.review(pop.rib.held, pop.mapped, event.at.mono, event.allow_withdraw)
+        at, allow = event.at.mono, event.allow_withdraw
+        out += pop.orphans.review(pop.rib.held, pop.mapped, at, allow, owners)
     pop.news(event.at)
     return out
 

@@ -21,6 +21,9 @@ from anycast_agent.model import GRACEFUL_SHUTDOWN, MED_DRAIN, RouteAttrs, RouteK
 class Orphans:
     since: dict[RouteKey, float] = field(default_factory=dict)  # when each was first seen
     held_back: bool = False  # more than half would go: nothing goes until allowed
+    # The service each orphan belonged to, when known (a reload; at start, the last-good
+    # config): with `fleet:`, its withdraw asks the guard under that service's name.
+    owner: dict[RouteKey, str] = field(default_factory=dict)
 
     def review(
         self,
@@ -28,9 +31,14 @@ class Orphans:
         mapped: set[RouteKey],
         now: float,
         allow_withdraw: bool,
+        owners: Mapping[RouteKey, str],
     ) -> list[Command]:
-        """At start and after each reload: the orphans now, and whether they are held back."""
+        """At start and after each reload: the orphans now, and whether they are held back;
+        `owners` names the service each route belonged to before."""
         orphans = [k for k in held if k not in mapped]
+        self.owner = {
+            k: name for k in orphans if (name := owners.get(k) or self.owner.get(k)) is not None
+        }
         was = self.held_back
         self.held_back = bool(orphans) and 2 * len(orphans) > len(held) and not allow_withdraw
         # The grace runs from when the drain-out may begin: time held back does not count.
@@ -55,6 +63,7 @@ class Orphans:
     ) -> tuple[dict[RouteKey, RouteAttrs | None], float | None]:
         """What each orphan should be now, and when to look again."""
         self.since = {k: t for k, t in self.since.items() if k in held}
+        self.owner = {k: name for k, name in self.owner.items() if k in self.since}
         wanted: dict[RouteKey, RouteAttrs | None] = {}
         wakes = []
         for key, since in self.since.items():

@@ -62,7 +62,7 @@ from anycast_agent.core.requests import Pending, persisted, submitted
 from anycast_agent.core.rib import REFUSED_RETRY_S, Rib
 from anycast_agent.core.sessions import Sessions
 from anycast_agent.core.snapshot import About, Snapshot, build_snapshot
-from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec
+from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec, route_keys
 from anycast_agent.core.traffic import (
     Memory,
     Outcome,
@@ -74,7 +74,6 @@ from anycast_agent.core.traffic import (
 from anycast_agent.core.vips import VipGate
 from anycast_agent.model import (
     Announcing,
-    Family,
     NeighborState,
     ProbeResult,
     RouteAttrs,
@@ -325,12 +324,17 @@ class Pop:
         )
         for key in gone:
             causes.setdefault(key.prefix, f"{key.prefix} left the config: drained out")
+        gone, asks, guard_wake = self.fleet.drain_out(
+            gone, self.orphans.owner, self.rib.held, now, set(self.services)
+        )
+        out += asks
         wanted.update(gone)
         for command in self.rib.plan(wanted, self.mapped, now, causes):
             out += self._route(command, now)
         self.vips.expire(now)
         wakes = [o.wake_at for o in self.outcomes.values() if o.wake_at is not None]
-        self._timers = min((*wakes, *([orphans_wake] if orphans_wake else [])), default=None)
+        wakes += [w for w in (orphans_wake, guard_wake) if w is not None]
+        self._timers = min(wakes, default=None)
         if not self.ready and all(o.phase is not Phase.UNKNOWN for o in self.outcomes.values()):
             self.ready = True
             out += [info("ready: every service decided"), Ready()]
@@ -387,7 +391,9 @@ class Pop:
         if self.state_unreadable:
             why = f"state unreadable, held de-preferred until `state reset`: {decision.reason}"
             outcome = held_only(svc, outcome, self.rib.held.keys(), why)
-        outcome, asks = self.fleet.guard(svc, outcome, self.rib.held, now)
+        drain = applied.intents().drain_of(svc.name)
+        override = drain is not None and drain.override_fleet
+        outcome, asks = self.fleet.guard(svc, outcome, self.rib.held, now, override)
         out += asks
         self.memory[svc.name] = mem
         if held and outcome.phase in _RAMP_ENDED:
@@ -440,6 +446,10 @@ class Pop:
         """Every (neighbor, prefix) the config maps the service to."""
         return self._keys[service]
 
+    def owners(self) -> dict[RouteKey, str]:
+        """The service each (neighbor, prefix) of the config belongs to."""
+        return {k: name for name, keys in self._keys.items() for k in keys}
+
     def allowed_prefixes(self) -> frozenset[str]:
         """The prefixes a command may name (DESIGN §4): configured, or held by ExaBGP."""
         return self._configured | {k.prefix for k in self.rib.held}
@@ -451,15 +461,7 @@ class Pop:
         self.services = {s.name: s for s in spec.services}
         self._frozen = {k: v for k, v in self._frozen.items() if k in self.services}
         self.applied = {k: v for k, v in self.applied.items() if k in self.services}
-        self._keys = {
-            s.name: [
-                RouteKey(n.address, str(p))
-                for n in s.neighbors
-                for p in s.prefixes
-                if Family.of(p) in n.families
-            ]
-            for s in spec.services
-        }
+        self._keys = route_keys(spec)
         self.mapped = {k for keys in self._keys.values() for k in keys}
         self.vips.mode = spec.addresses
         self.vips.withheld = self.vips.missing(spec)

@@ -73,6 +73,14 @@ def change(
     expires = getattr(request, "expires_in_s", None)
     until = None if expires is None else at.wall + min(expires, MAX_EXPIRY_S)
     neighbor = getattr(request, "neighbor", None)
+    if (
+        isinstance(request, DrainRequest)
+        and request.override_fleet
+        and (neighbor or request.on_stop)
+    ):
+        return Refusal(
+            RefusalKind.CONFLICT, "--override-fleet is for a drain of a service or the PoP"
+        )
     if neighbor is not None:
         return _session_change(i, request, key, neighbor, at, until, services)
     match request:
@@ -82,12 +90,12 @@ def change(
             if i.stopping is not None:
                 return i
             return replace(i, stopping=Drain(STOP, reason, author, at.wall))
-        case DrainRequest(reason=reason, author=author):
+        case DrainRequest(reason=reason, author=author, override_fleet=override):
             existing = i.drains.get(key)
             since = (
                 existing.since if existing is not None else at.wall
             )  # a re-drain keeps its grace
-            drain = Drain(key, reason, author, since, until)
+            drain = Drain(key, reason, author, since, until, override)
             return replace(i, drains={**i.drains, key: drain})
         case UndrainRequest():
             if key not in i.drains:
@@ -160,6 +168,8 @@ def applied(request: OperatorRequest, mem: Memory, at: Instant) -> tuple[str, Me
     match request:
         case DrainRequest(reason=reason, author=author, on_stop=on_stop, neighbor=neighbor):
             tail = " (for the stop: not persisted)" if on_stop else ""
+            if request.override_fleet:
+                tail += " (OVERRIDING THE FLEET GUARD: withdraws without etcd's permit)"
             to = f" to {neighbor}" if neighbor else ""
             return f"drain {scope}{to} by {author}: {reason}{tail}", mem
         case UndrainRequest(author=author, neighbor=neighbor):

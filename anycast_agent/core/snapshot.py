@@ -98,6 +98,7 @@ class ServiceSnapshot:
     session_drains: Mapping[str, str] = field(default_factory=dict)  # neighbor: why
     published: Announcing | None = None  # the state the fleet is told (None: standalone)
     guard: str = ""  # where its withdraw stands with the fleet guard ("" when none waits)
+    guard_overridden: bool = False  # drained by break-glass: withdraws without the guard
 
     @property
     def announcing(self) -> bool:
@@ -203,6 +204,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 frozen=svc.name in frozen,
                 published=published.get(svc.name),
                 guard=guards[svc.name].describe() if svc.name in guards else "",
+                guard_overridden=svc.name in pop.fleet.overridden,
                 routes=tuple(
                     RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), held.get(k)) for k in keys
                 ),

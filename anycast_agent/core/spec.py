@@ -6,7 +6,7 @@ import enum
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from anycast_agent.model import Family, Prefix
+from anycast_agent.model import Family, Prefix, RouteKey
 
 
 class OnDown(enum.StrEnum):
@@ -108,3 +108,16 @@ class PopSpec:
     local_as: int = 0  # for the de-preferred AS path of routes drained out of the config
     drain_grace_s: float = 30.0  # how long they are de-preferred before the withdraw
     fleet: bool = False  # etcd configured: withdraws need the fleet guard's permit
+
+
+def route_keys(spec: PopSpec) -> dict[str, list[RouteKey]]:
+    """Every (neighbor, prefix) each service of the config is announced to."""
+    return {
+        s.name: [
+            RouteKey(n.address, str(p))
+            for n in s.neighbors
+            for p in s.prefixes
+            if Family.of(p) in n.families
+        ]
+        for s in spec.services
+    }

@@ -8,11 +8,13 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from anycast_agent.model import FleetMode
+from anycast_agent.fleet.etcd_http import EtcdClient
+from anycast_agent.model import FleetMode, RefusalReason
 from tests.fleet.sim import RibEntry, SimPop, announcing_after_each_change, sim_config, wait_until
 from tests.lab.etcd import EtcdCluster
 from tests.lab.prereqs import require_tool
@@ -35,6 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 class Fleet:
     def __init__(self, cluster: EtcdCluster, count: int, **fleet: Any) -> None:
         prefix = f"/anycast/t{next(_rounds)}-{time.monotonic_ns()}/"  # a fresh keyspace per test
+        self.prefix = prefix
         self.log: list[RibEntry] = []
         self.pops = [
             SimPop(sim_config(f"p{i:02d}", cluster.endpoints, prefix, **fleet), self.log)
@@ -170,3 +173,86 @@ async def test_etcd_faults_change_no_route(
     )
     assert fleet.changes_since(since) == []
     assert (fleet.count("A"), fleet.count("D"), fleet.count("W")) == (5, 1, 1)
+
+
+def guard_of(pop: SimPop) -> RefusalReason | None:
+    state = pop.pop.fleet.services.get("web")
+    return None if state is None else state.refused
+
+
+async def test_operator_keys_set_k_freeze_health_withdraws_and_override_for_one_pop(
+    cluster: EtcdCluster, fleet_factory: Any
+) -> None:
+    fleet = await fleet_factory(3, min_pops=0, budget={"slots": 10, "window": 60})
+    p0, p1 = fleet.pops[0], fleet.pops[1]
+    async with EtcdClient(cluster.endpoints) as admin:
+        await admin.put(fleet.prefix + "ctl/policy/web", b'{"min_pops": 3}')
+        await p0.health(ok=False)
+        await wait_until("p00 refused by ctl/policy", lambda: p0.state == "D", 10, fleet.describe)
+        assert guard_of(p0) is RefusalReason.TOO_FEW
+        lease = await admin.grant(60)
+        await admin.put(fleet.prefix + "ctl/override/web/p00", b'{"reason": "t"}', lease=lease.id)
+        await wait_until("p00 withdrawn by its override", lambda: p0.state == "W", 10)
+        await admin.put(fleet.prefix + "ctl/policy/web", b'{"min_pops": 0}')
+        await admin.put(fleet.prefix + "ctl/freeze", b'{"reason": "incident", "author": "op"}')
+        await p1.health(ok=False)
+        await wait_until("p01 refused by the freeze", lambda: guard_of(p1) is not None, 10)
+        assert guard_of(p1) is RefusalReason.FROZEN and p1.state == "D"
+        await admin.delete(fleet.prefix + "ctl/freeze")
+        await wait_until("p01 withdrawn after the thaw", lambda: p1.state == "W", 10)
+    assert fleet.pops[2].state == "A"
+
+
+async def test_a_lost_session_lease_is_granted_again_and_republished_with_no_route_change(
+    cluster: EtcdCluster, fleet_factory: Any
+) -> None:
+    fleet = await fleet_factory(2, min_pops=1)
+    p0 = fleet.pops[0]
+    own = fleet.prefix + "svc/web/pop/p00"
+    since = time.monotonic()
+    async with EtcdClient(cluster.endpoints) as admin:
+        lease = p0.coordinator.lease
+        assert lease is not None
+        await admin.revoke(lease)  # as if it had expired: its keys vanish
+        assert (await admin.range(own)).kvs == ()
+
+        async def republished() -> bool:
+            kvs = (await admin.range(own)).kvs
+            return bool(kvs) and kvs[0].value == b"A" and kvs[0].lease != lease
+
+        deadline = time.monotonic() + 10
+        while not await republished():
+            assert time.monotonic() < deadline, "never re-published"
+            await asyncio.sleep(0.05)
+    await wait_until("connected again", lambda: p0.mode is FleetMode.CONNECTED, 10)
+    assert fleet.changes_since(since) == []
+
+
+async def test_a_pop_coordinates_over_tls_with_a_password(
+    etcd_tls_auth: EtcdCluster, tmp_path: Path
+) -> None:
+    password = tmp_path / "etcd-password"
+    password.write_text(etcd_tls_auth.credentials["pop1"] + "\n")
+    tls = etcd_tls_auth.tls_files()
+    config = sim_config(
+        "p00",
+        etcd_tls_auth.endpoints,
+        "/anycast/v1/tls/",
+        min_pops=0,
+        tls={
+            "ca_file": str(tls.ca_file),
+            "cert_file": str(tls.cert_file),
+            "key_file": str(tls.key_file),
+        },
+        auth={"user": "pop1", "password_file": str(password)},
+    )
+    log: list[RibEntry] = []
+    pop = SimPop(config, log)
+    await pop.start()
+    try:
+        await wait_until("connected over TLS", lambda: pop.mode is FleetMode.CONNECTED, 15)
+        await pop.health(ok=False)
+        await wait_until("withdrawn with the guard's permit", lambda: pop.state == "W", 10)
+        assert [x.what for x in log] == ["A", "W"]
+    finally:
+        await pop.stop()

@@ -25,6 +25,16 @@ def test_round_trip(tmp_path: Path) -> None:
     assert decode(encode(INTENTS)) == INTENTS
 
 
+def test_a_break_glass_drain_round_trips_and_older_files_read_as_without_it() -> None:
+    drained = Intents(drains={"web": Drain("web", "black hole", "op", 1.0, None, True)})
+    assert decode(encode(drained)) == drained
+    old = (
+        b'{"format": 1, "drains": [{"service": "web", "reason": "r", "author": "a", '
+        b'"since": 1.0, "expires": null}]}'
+    )
+    assert decode(old).drains["web"].override_fleet is False
+
+
 def test_every_save_writes_both_copies_alike(tmp_path: Path) -> None:
     # The first save too: one unreadable state.json must never be all there is.
     store = Store(tmp_path)
@@ -86,11 +96,24 @@ def test_only_corrupt_current_and_no_previous_is_unreadable(tmp_path: Path) -> N
         '{"format": 1, "drains": [{"service": "web", "reason": "r", "author": "a", '
         '"since": 1.0, "expires": Infinity}]}',
         '{"format": 1, "drains": "web"}',
+        '{"format": 1, "drains": [{"service": "web", "reason": "r", "author": "a", '
+        '"since": 1.0, "expires": null, "override_fleet": "yes"}]}',
+        '{"format": 1, "drains": [{"service": "web", "reason": "r", "author": "a", '
+        '"since": 1.0, "expires": null, "override_fleet": 1}]}',
         '{"format": 1, "ramp_holds": "web"}',
         '{"format": 1, "drains": [], "colour": "red"}',
         '{"format": 2}',
     ],
-    ids=["nan", "infinity", "string-for-list", "string-for-holds", "unknown-key", "future"],
+    ids=[
+        "nan",
+        "infinity",
+        "string-for-list",
+        "string-override",
+        "int-override",
+        "string-for-holds",
+        "unknown-key",
+        "future",
+    ],
 )
 def test_values_of_the_wrong_kind_make_a_copy_unreadable(tmp_path: Path, text: str) -> None:
     (tmp_path / "state.json").write_text(text)

@@ -166,6 +166,8 @@ class FakeController:
                 kw = {"reason": reason, "author": author, "expires_in_s": request.expires_in_s}
                 if request.on_stop:
                     kw["on_stop"] = True
+                if request.override_fleet:
+                    kw["override_fleet"] = True
                 await self._record("drain", service, **kw)
             case e.UndrainRequest(service=service, author=author):
                 await self._record("undrain", service, author=author)

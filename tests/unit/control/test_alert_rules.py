@@ -170,6 +170,14 @@ CASES = [
         ("1m", "2m"),
     ),
     Case(
+        "FleetGuardOverridden",
+        {s("anycast_agent_fleet_guard_overridden", service="web"): "0 1 1"},
+        "1m",
+        {**POP, "service": "web"},
+        1,
+        ("0m",),
+    ),
+    Case(
         "FleetGuardRefusing",
         {
             s("anycast_agent_fleet_guard_refusals_total", reason="too_few"): "0 0 3x5",

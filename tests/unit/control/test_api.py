@@ -433,6 +433,7 @@ async def test_status_shows_the_whole_snapshot(make_client: Any) -> None:
         "reason": "maintenance",
         "author": "bob",
         "since": 1000.0,
+        "override_fleet": False,
         "expires": None,
         "expires_in_s": None,
     }

@@ -117,6 +117,19 @@ def test_status_table_escapes_control_characters() -> None:
                 },
             ),
         ),
+        (
+            ["drain", "web", "--override-fleet", "--reason", "black-holing, etcd down"],
+            (
+                "drain",
+                ("web",),
+                {
+                    "reason": "black-holing, etcd down",
+                    "author": "token",
+                    "expires_in_s": None,
+                    "override_fleet": True,
+                },
+            ),
+        ),
         (["undrain", "web"], ("undrain", ("web",), {"author": "token"})),
         (["undrain", "--all"], ("undrain", (None,), {"author": "token"})),
         (

@@ -39,6 +39,7 @@ REQUIRED_ALERTS = {
     "ExabgpRoutesCorrected",
     "FleetDegraded",
     "FleetGuardRefusing",
+    "FleetGuardOverridden",
 }
 
 

@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 
+from anycast_agent.config import AgentConfig, pop_spec
 from anycast_agent.core.commands import Announce, AskGuard, Command, Publish, Withdraw
 from anycast_agent.core.events import (
+    ConfigSwapped,
     DrainRequest,
     FleetModeChanged,
     FleetViewChanged,
     GuardAnswered,
     NeighborChanged,
+    Synced,
+    UndrainRequest,
 )
 from anycast_agent.core.fleet import (
     REASK_S,
@@ -33,6 +37,7 @@ from anycast_agent.model import (
     FleetMode,
     NeighborState,
     RefusalReason,
+    RouteAttrs,
     RouteKey,
     WithdrawKind,
 )
@@ -116,14 +121,25 @@ def test_mode_machine(mode: FleetMode, seen: Liveness, now: float, expected: Fle
 # --- the PoP holding withdraws ----------------------------------------------------------------
 
 
-def fleet_pop(fleet: dict[str, Any] | None = FLEET, targets: int = 1) -> Playbook:
-    cfg = pop_config(
+API = "192.0.2.20/32"
+
+
+def fleet_config(
+    fleet: dict[str, Any] | None = FLEET, targets: int = 1, api: bool = False
+) -> AgentConfig:
+    services = [{"name": "web", "prefixes": [WEB], "med": 100, "targets": tcp_targets(targets)}]
+    if api:
+        services.append({"name": "api", "prefixes": [API], "med": 100, "targets": tcp_targets(1)})
+    return pop_config(
         (N1,),
-        [{"name": "web", "prefixes": [WEB], "med": 100, "targets": tcp_targets(targets)}],
+        services,
         defaults={"drain_grace": 30, "ramp": {"stages": [100]}, "min_update_interval": 0},
         **({"fleet": fleet} if fleet else {}),
     )
-    pb = Playbook(cfg)
+
+
+def fleet_pop(fleet: dict[str, Any] | None = FLEET, targets: int = 1) -> Playbook:
+    pb = Playbook(fleet_config(fleet, targets))
     pb.sync()
     pb.health(0, "h" * targets)
     return pb
@@ -231,6 +247,73 @@ def test_a_session_down_is_published_silent_without_asking() -> None:
     connect(pb, 0.5)
     out = pb.send(NeighborChanged(pb.at(1), N1, NeighborState.DOWN, "hold timer expired"))
     assert published(out) == [{"web": S}] and asks(out) == []
+
+
+def test_a_break_glass_drain_withdraws_without_etcd_after_its_grace_and_says_so() -> None:
+    pb = fleet_pop()  # DEGRADED: etcd was never reached
+    reply = pb.request(1, DrainRequest("web", "black-holing", "op", override_fleet=True))
+    assert reply.refusal is None
+    assert any("OVERRIDING THE FLEET GUARD" in line for line in pb.logs())
+    assert [c.attrs.med for c in routes_of(pb.tick(1)) if isinstance(c, Announce)] == [MED_DRAIN]
+    out = pb.tick(31)
+    assert [type(c) for c in routes_of(out)] == [Withdraw] and asks(out) == []
+    assert "withdrawing web WITHOUT the fleet guard: drain --override-fleet" in pb.logs()
+    assert pb.service().guard_overridden and pb.service().phase is Phase.DRAINED
+    pb.request(40, UndrainRequest("web", "op"))
+    pb.tick(40)
+    assert not pb.service().guard_overridden
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        DrainRequest("web", "r", "op", neighbor=N1, override_fleet=True),
+        DrainRequest(None, "r", "op", on_stop=True, override_fleet=True),
+    ],
+)
+def test_break_glass_is_for_a_drain_of_a_service_or_the_pop(request_: DrainRequest) -> None:
+    pb = fleet_pop()
+    refusal = pb.request(1, request_).refusal
+    assert refusal is not None
+    assert refusal.message == "--override-fleet is for a drain of a service or the PoP"
+
+
+def test_a_service_a_reload_drops_drains_out_through_the_guard_under_its_name() -> None:
+    pb = Playbook(fleet_config(api=True))
+    pb.sync()
+    pb.health(0, "h")
+    pb.health(0, "h", service="api")
+    connect(pb, 0.5)
+    assert pb.pop.fleet.publishing == {"web": A, "api": A}
+    cfg = fleet_config()
+    pb.send(ConfigSwapped(pb.at(1), pop_spec(cfg)))
+    out = pb.tick(1)
+    assert [c.attrs.med for c in routes_of(out) if isinstance(c, Announce)] == [MED_DRAIN]
+    assert pb.pop.fleet.publishing == {"web": A, "api": D}  # still counted while it drains out
+    out = pb.tick(31)
+    assert asks(out) == [AskGuard("api", DRAIN)] and routes_of(out) == []
+    out = pb.send(GuardAnswered(pb.at(31.1), "api", RefusalReason.TOO_FEW, "0 other")) + pb.tick(
+        31.1
+    )
+    assert routes_of(out) == [] and RouteKey(N1, API) in pb.routes()
+    out = pb.send(FleetViewChanged(pb.at(32))) + pb.tick(32)
+    assert asks(out) == [AskGuard("api", DRAIN)]
+    out = pb.send(GuardAnswered(pb.at(32.1), "api", None, "committed")) + pb.tick(32.1)
+    assert routes_of(out) == [Withdraw(RouteKey(N1, API), f"{API} left the config: drained out")]
+    assert pb.pop.fleet.publishing == {"web": A, "api": W}
+    pb.tick(33)
+    assert pb.pop.fleet.publishing == {"web": A}  # gone: its key is deleted
+
+
+def test_at_start_a_route_the_last_good_config_named_drains_out_through_the_guard() -> None:
+    cfg = fleet_config()
+    pb = Playbook(cfg)
+    held = {RouteKey(N1, WEB): RouteAttrs(100), RouteKey(N1, API): RouteAttrs(100)}
+    pb.send(Synced(pb.at(0), {N1: NeighborState.ESTABLISHED}, held, {RouteKey(N1, API): "api"}))
+    pb.tick(0)
+    pb.health(0, "h")
+    connect(pb, 0.5)
+    assert asks(pb.tick(31)) == [AskGuard("api", DRAIN)]
 
 
 def test_a_lost_answer_is_a_refusal() -> None:
