@@ -148,14 +148,28 @@ class SimPop:
                 await self.handle(e.Tick(self.now()))
 
 
-def announcing_after_each_change(rib_log: list[RibEntry], start: dict[str, str]) -> list[int]:
-    """How many PoPs hold the route (A or D) after each RIB change, in order, from `start`."""
+def check_invariants(
+    rib_log: list[RibEntry],
+    start: dict[str, str],
+    k: int,
+    failing: set[str],
+    budget: tuple[int, float] | None = None,
+) -> None:
+    """FLEET.md §3.11's checker, replayed over every PoP's RIB changes in time order from
+    `start`: after each change (1) at least `k` PoPs hold the route (A or D); (2) at most B
+    withdraws in any window of W seconds; (3) only PoPs whose health failed changed at all."""
     state = dict(start)
-    counts = []
+    withdraws: list[float] = []
     for entry in sorted(rib_log, key=lambda x: x.t):
+        assert entry.pop in failing, f"{entry.pop} changed to {entry.what} without a failure"
         state[entry.pop] = entry.what
-        counts.append(sum(1 for s in state.values() if s != "W"))
-    return counts
+        holding = sum(1 for s in state.values() if s != "W")
+        assert holding >= k, f"{holding} PoPs hold the route after {entry}, K is {k}"
+        if entry.what == "W" and budget is not None:
+            slots, window_s = budget
+            withdraws.append(entry.t)
+            recent = [t for t in withdraws if t > entry.t - window_s + 0.05]
+            assert len(recent) <= slots, f"{len(recent)} withdraws within {window_s}s: {withdraws}"
 
 
 async def wait_until(what: str, check: Any, timeout_s: float, state: Any = None) -> None:
