@@ -29,6 +29,7 @@ from anycast_agent.core.pop import TICK_S, Pop
 from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec, route_keys
 from anycast_agent.errors import ConfigError, RenderError, SpeakerError
+from anycast_agent.fleet import ctl_copy
 from anycast_agent.fleet.coordinator import Coordinator
 from anycast_agent.fleet.setup import coordinator_for
 from anycast_agent.heap import settle_heap
@@ -171,6 +172,12 @@ class Agent:
         self.pop = Pop(
             pop_spec(self.config), about, self.now(), intents, state_unreadable=unreadable
         )
+        if self.config.fleet is not None:  # the fleet's drains and ramps, as last seen
+            copy = ctl_copy.load(self.config.state_dir)
+            if isinstance(copy, str):
+                log.error("fleet: %s: no ctl/ intents until etcd answers", copy)
+            else:
+                await self._handle(e.FleetCtlChanged(self.now(), *copy))
         if self.control is not None and not await self.control.serve():
             self.control = None
         return 0

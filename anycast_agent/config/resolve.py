@@ -100,4 +100,5 @@ def pop_spec(config: AgentConfig) -> PopSpec:
         local_as=config.bgp.local_as,
         drain_grace_s=config.defaults.drain_grace,
         fleet=config.fleet is not None,
+        region=config.fleet.region if config.fleet is not None else "",
     )

@@ -43,10 +43,16 @@ class Applied:
         return Intents(drains=drains, meds=meds, sessions=dict(self.sessions))
 
 
+def fleet_key(service: str) -> str:
+    """The key of the fleet's drain of `service` among drain starts."""
+    return f"*fleet/{service}"
+
+
 def drain_starts(known: Mapping[str, float], intents: Intents, at: Instant) -> dict[str, float]:
     """When, on the monotonic clock, each drain began: now for a new one, `since` ago (never
     in the future) for one read from disk; one already `known` keeps its start."""
     drains = {**intents.drains, **({STOP: intents.stopping} if intents.stopping else {})}
+    drains.update({fleet_key(s): d for s, d in intents.fleet_drains.items()})
     return {k: known.get(k, at.mono - max(0.0, at.wall - d.since)) for k, d in drains.items()}
 
 
@@ -66,11 +72,12 @@ def gate(
     urgent = drain is not None and drain is intents.stopping
     if drain is not None and drain.service in (POP, STOP):
         drain = replace(drain, service=service)  # so that drain_of(service) finds it
-    med = intents.meds.get(service)
+    med = intents.med_of(service)
     sessions = {k: d for k, d in intents.sessions.items() if k[0] in (service, POP)}
     # The grace runs from the earliest drain that applies (a service drain added during a PoP
     # drain does not start it over).
-    started = min((starts[k] for k in (service, POP, STOP) if k in starts), default=now)
+    keys = (service, POP, STOP, fleet_key(service))
+    started = min((starts[k] for k in keys if k in starts), default=now)
     if applied is None:
         return Applied(drain, med, float("-inf"), started, sessions), None
     wanted = Applied(drain, med, applied.since, applied.drained_at, sessions)

@@ -242,6 +242,16 @@ class FleetViewChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetCtlChanged:
+    """The fleet's `ctl/` keys (names relative to `ctl/`, raw values) at `revision`: from etcd,
+    or from the agent's own copy at start (FLEET.md §3.8)."""
+
+    at: Instant
+    ctl: Mapping[str, bytes]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
 class GuardAnswered:
     """The fleet guard's answer to AskGuard: permitted (`refused` None) or refused."""
 
@@ -268,5 +278,6 @@ Event = (
     | Tick
     | FleetModeChanged
     | FleetViewChanged
+    | FleetCtlChanged
     | GuardAnswered
 )

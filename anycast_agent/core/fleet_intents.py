@@ -18,7 +18,16 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from anycast_agent.core.coalesce import drain_starts
+from anycast_agent.core.commands import Command, info, warn
+from anycast_agent.core.events import Instant
+from anycast_agent.core.intents import Drain, MedOverride
+
+if TYPE_CHECKING:
+    from anycast_agent.core.pop import Pop
 
 MAX_MEMBERS = 10_000  # a ramp's member list longer than this is not a fleet's: ignored
 
@@ -172,3 +181,43 @@ def _ramp(
     for service in applies:
         drains.setdefault(service, FleetDrain(key, why, _text(value, "author")))
     return ""
+
+
+def apply_ctl(pop: Pop, at: Instant) -> list[Command]:
+    """Make the fleet's layer of `pop.intents` what `pop.fleet_ctl` asks of this PoP now (a
+    new ctl/ view, or a reload that changed the services)."""
+    ctl, revision = pop.fleet_ctl
+    names = [s.name for s in pop.spec.services]
+    asked = fleet_intents(ctl, revision, pop.spec.pop, pop.spec.region, names)
+    old = pop.intents
+    drains = {
+        name: old.fleet_drains.get(name)
+        if _same(old.fleet_drains.get(name), d)
+        else Drain(name, f"{d.reason} (fleet {d.scope})", d.author or "fleet", at.wall)
+        for name, d in asked.drains.items()
+    }
+    meds = {
+        name: MedOverride(name, m.med, f"{m.reason} (fleet {m.scope})", m.author, at.wall)
+        for name, m in asked.meds.items()
+    }
+    out: list[Command] = [warn(p) for p in asked.problems if p not in pop.fleet_problems]
+    pop.fleet_problems = asked.problems
+    pop.fleet_revision = revision
+    kept = {k: v for k, v in drains.items() if v is not None}
+    if kept == old.fleet_drains and _meds(meds) == _meds(old.fleet_meds):
+        return out
+    pop.intents = replace(old, fleet_drains=kept, fleet_meds=meds)
+    pop.drain_starts = drain_starts(pop.drain_starts, pop.intents, at)
+    pop.news(at)
+    what = [f"drain {s}" for s in sorted(kept)] + [
+        f"med {s}={m.med}" for s, m in sorted(meds.items())
+    ]
+    return [*out, info(f"fleet intents at revision {revision}: {', '.join(what) or 'none'}")]
+
+
+def _same(held: Drain | None, asked: FleetDrain) -> bool:
+    return held is not None and held.reason == f"{asked.reason} (fleet {asked.scope})"
+
+
+def _meds(meds: Mapping[str, MedOverride]) -> dict[str, tuple[int, str]]:
+    return {k: (m.med, m.reason) for k, m in meds.items()}

@@ -67,6 +67,10 @@ class Intents:
     # never expiring, and never taking the place of an operator's drain.
     stopping: Drain | None = None
     sessions: dict[tuple[str, str], SessionDrain] = field(default_factory=dict)  # (scope, nbr)
+    # The fleet's layer (ctl/ in etcd, FLEET.md §3.8), per service: never written to the
+    # state file (the agent keeps its own copy of ctl/), and never undone by a local undrain.
+    fleet_drains: dict[str, Drain] = field(default_factory=dict)
+    fleet_meds: dict[str, MedOverride] = field(default_factory=dict)
 
     def session_drain_of(self, service: str, neighbor: str) -> SessionDrain | None:
         """The drain of `service`'s session to `neighbor`: its own, else the PoP-wide one."""
@@ -74,8 +78,21 @@ class Intents:
 
     def drain_of(self, service: str) -> Drain | None:
         """The drain that applies to `service`: its own, else the PoP-wide one, else the
-        drain for the stop."""
-        return self.drains.get(service) or self.drains.get(POP) or self.stopping
+        drain for the stop, else the fleet's."""
+        return (
+            self.drains.get(service)
+            or self.drains.get(POP)
+            or self.stopping
+            or self.fleet_drains.get(service)
+        )
+
+    def med_of(self, service: str) -> MedOverride | None:
+        """The MED override of `service`: the PoP's own, else the fleet's."""
+        return self.meds.get(service) or self.fleet_meds.get(service)
+
+    def local(self) -> Intents:
+        """These intents without the fleet's layer."""
+        return replace(self, fleet_drains={}, fleet_meds={})
 
     def expire(self, wall_now: float) -> Intents:
         """These intents without the ones whose expiry has passed."""

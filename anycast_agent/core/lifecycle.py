@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from anycast_agent.core.commands import Command, StartProbe, error, info, warn
 from anycast_agent.core.events import CanaryObserved, ConfigSwapped, RibRead, Synced
+from anycast_agent.core.fleet_intents import apply_ctl
 from anycast_agent.core.health import carry_targets
 from anycast_agent.core.intents import POP, Intents
 from anycast_agent.core.traffic import adopt
@@ -64,6 +65,8 @@ def swapped(pop: Pop, event: ConfigSwapped) -> list[Command]:
     pop.about = replace(pop.about, last_good_fallback=False)
     owners = pop.owners()  # before the swap: the services the routes belonged to
     pop.use(new)
+    if pop.fleet.enabled:
+        out += apply_ctl(pop, event.at)
     if pop.synced:
         at, allow = event.at.mono, event.allow_withdraw
         out += pop.orphans.review(pop.rib.held, pop.mapped, at, allow, owners)

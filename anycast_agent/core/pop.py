@@ -11,6 +11,7 @@ before the RIB counts it; until then its route is in flight and planned no furth
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import assert_never
 
@@ -37,6 +38,7 @@ from anycast_agent.core.events import (
     CommandAcked,
     ConfigSwapped,
     Event,
+    FleetCtlChanged,
     FleetModeChanged,
     FleetViewChanged,
     GuardAnswered,
@@ -53,6 +55,7 @@ from anycast_agent.core.events import (
     VipsListed,
 )
 from anycast_agent.core.fleet import FleetGate, published_states
+from anycast_agent.core.fleet_intents import apply_ctl
 from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import Intents
 from anycast_agent.core.lifecycle import canary_observed, reread, swapped, synced
@@ -132,6 +135,9 @@ class Pop:
         self.sessions = Sessions()  # per-session drains, and sessions ramping back
         self.applied: dict[str, Applied] = {}  # the intents each service's routes follow now
         self.fleet = FleetGate(spec.fleet, spec.pop)
+        self.fleet_ctl: tuple[Mapping[str, bytes], int] = ({}, 0)  # ctl/ keys, revision
+        self.fleet_problems: tuple[str, ...] = ()  # ctl/ keys ignored, and why
+        self.fleet_revision = 0  # the ctl/ revision the intents follow
         self._snap: Snapshot | None = None
         self.use(spec)
 
@@ -184,6 +190,9 @@ class Pop:
                 self.fleet.view += 1
                 self.news(at)
                 out = []
+            case FleetCtlChanged(at=at, ctl=ctl, revision=revision):
+                self.fleet_ctl = (ctl, revision)
+                out = apply_ctl(self, at)
             case GuardAnswered(at=at, service=service, refused=refused, detail=detail):
                 out = self.fleet.answered(service, refused, detail, at.mono)
                 self.news(at, service)

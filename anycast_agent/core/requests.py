@@ -59,7 +59,7 @@ def change(
     if isinstance(request, StateResetRequest):
         if not unreadable:
             return Refusal(RefusalKind.CONFLICT, "the state file reads fine: nothing to reset")
-        return Intents()
+        return Intents(fleet_drains=i.fleet_drains, fleet_meds=i.fleet_meds)
     if unreadable:
         return Refusal(
             RefusalKind.CONFLICT,
@@ -98,6 +98,13 @@ def change(
             drain = Drain(key, reason, author, since, until, override)
             return replace(i, drains={**i.drains, key: drain})
         case UndrainRequest():
+            fleet = i.fleet_drains.get(key)
+            if key not in i.drains and fleet is not None:
+                return Refusal(
+                    RefusalKind.CONFLICT,
+                    f"{what} is drained by the fleet ({fleet.reason}), not here: "
+                    "`anycast-agent fleet undrain` ends that drain",
+                )
             if key not in i.drains:
                 return Refusal(RefusalKind.CONFLICT, f"{what} is not drained")
             return replace(i, drains={k: d for k, d in i.drains.items() if k != key})
@@ -110,7 +117,7 @@ def change(
                 return Refusal(RefusalKind.CONFLICT, f"service {key!r} has no MED override")
             return replace(i, meds={k: m for k, m in i.meds.items() if k != key})
         case StateResetRequest():  # pragma: no cover - answered above
-            return Intents()
+            return Intents(fleet_drains=i.fleet_drains, fleet_meds=i.fleet_meds)
         case RampRequest(action=action):
             mem = memory.get(key, Memory())
             last = len(services[key].policy.stages) - 1

@@ -197,7 +197,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 suppressed=mem.damping.suppressed,
                 penalty=outcome.penalty if outcome else 0.0,
                 drain=pop.intents.drain_of(svc.name),
-                med_override=pop.intents.meds.get(svc.name),
+                med_override=pop.intents.med_of(svc.name),
                 session_drains=session_drains(pop.intents, svc.name),
                 transitions=mem.transitions,
                 targets=tuple(_target(r) for r in pop.targets.get(svc.name, ())),

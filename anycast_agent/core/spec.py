@@ -108,6 +108,7 @@ class PopSpec:
     local_as: int = 0  # for the de-preferred AS path of routes drained out of the config
     drain_grace_s: float = 30.0  # how long they are de-preferred before the withdraw
     fleet: bool = False  # etcd configured: withdraws need the fleet guard's permit
+    region: str = ""  # the PoP's region, for the fleet's region intents and ramps
 
 
 def route_keys(spec: PopSpec) -> dict[str, list[RouteKey]]:

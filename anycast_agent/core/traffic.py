@@ -340,7 +340,7 @@ def evaluate(
     if wake is not None:
         wakes.append(wake)
     assert hold.sent is not None
-    override = intents.meds.get(service.name)
+    override = intents.med_of(service.name)
     med = override.med if override is not None else hold.sent
 
     wanted = _stage_routes(service, stage, med, communities)

@@ -15,14 +15,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from anycast_agent.core.events import (
     Event,
+    FleetCtlChanged,
     FleetModeChanged,
     FleetViewChanged,
     Instant,
 )
 from anycast_agent.core.fleet import GuardView, Liveness, Permit, Seen, guard_decision, next_mode
+from anycast_agent.fleet import ctl_copy
 from anycast_agent.fleet.etcd_http import (
     Compare,
     CompareOp,
@@ -55,6 +58,7 @@ class FleetSettings:
     budget_window_s: float
     lease_ttl_s: float
     stale_after_s: float
+    state_dir: Path | None = None  # where the copy of ctl/ is kept (None: nowhere)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class Coordinator:
         # One writer of the own keys at a time: a state put landing after the guard's
         # transaction wrote W would make others count a PoP that is withdrawing.
         self._writing = asyncio.Lock()
+        self.ctl_applied = 0  # the revision of the ctl/ view the core has applied
+        self._ctl_seen: dict[str, bytes] | None = None
         self._failing: set[str] = set()  # what already warned in this mode (once, not per try)
 
     # -- the agent's surface -------------------------------------------------------------------
@@ -287,7 +293,12 @@ class Coordinator:
 
     async def _publish(self, lease: int) -> None:
         about = _json(
-            {"region": self.settings.region, "version": self.settings.version, "mode": self.mode}
+            {
+                "region": self.settings.region,
+                "version": self.settings.version,
+                "mode": self.mode,
+                "ctl_rev_applied": self.ctl_applied,
+            }
         )
         if self.pops_written != about:  # pops/<pop>: the PoP is alive, and what it is
             await self.client.put(self._key(f"pops/{self.settings.pop}"), about, lease=lease)
@@ -306,7 +317,27 @@ class Coordinator:
         while True:
             await self._view_changed.wait()
             self._view_changed.clear()
+            if self.mirror.up:
+                await self._ctl_changed()
             await self.report(FleetViewChanged(self.now()))
+
+    async def _ctl_changed(self) -> None:
+        """A new ctl/ view goes to the core, then to the agent's copy, then its revision is
+        acknowledged in pops/<pop> (FLEET.md §3.8)."""
+        prefix = self._key("ctl/")
+        ctl = {
+            k[len(prefix) :]: kv.value for k, kv in self.mirror.view.items() if k.startswith(prefix)
+        }
+        if ctl == self._ctl_seen:
+            return
+        self._ctl_seen, revision = ctl, self.mirror.revision
+        await self.report(FleetCtlChanged(self.now(), ctl, revision))
+        if self.settings.state_dir is not None:
+            problem = ctl_copy.save(self.settings.state_dir, ctl, revision)
+            if problem:
+                self._failed("copy", f"{problem}: a restart without etcd would not know ctl/")
+        self.ctl_applied = revision
+        self._dirty.set()
 
     def _viewed(self, _mirror: Mirror) -> None:
         self._view_changed.set()

@@ -42,5 +42,6 @@ def coordinator_for(
         budget_window_s=fleet.budget.window,
         lease_ttl_s=fleet.lease_ttl,
         stale_after_s=fleet.stale_after,
+        state_dir=config.state_dir,
     )
     return Coordinator(client, settings, report, now)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from anycast_agent.config import AgentConfig, pop_spec
@@ -35,10 +36,12 @@ class RibEntry:
     what: str  # "A" announced, "D" de-preferred, "W" withdrawn
 
 
-def sim_config(pop: str, endpoints: list[str], prefix: str, **fleet: Any) -> AgentConfig:
+def sim_config(
+    pop: str, endpoints: list[str], prefix: str, state_dir: Path, **fleet: Any
+) -> AgentConfig:
     return AgentConfig(
         pop=pop,
-        state_dir="/nonexistent",
+        state_dir=state_dir / pop,
         bgp={
             "local_as": 65001,
             "router_id": "198.51.100.2",

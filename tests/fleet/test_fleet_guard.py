@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,12 +36,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 class Fleet:
-    def __init__(self, cluster: EtcdCluster, count: int, **fleet: Any) -> None:
+    def __init__(self, cluster: EtcdCluster, work: Path, count: int, **fleet: Any) -> None:
         prefix = f"/anycast/t{next(_rounds)}-{time.monotonic_ns()}/"  # a fresh keyspace per test
         self.prefix = prefix
         self.log: list[RibEntry] = []
         self.pops = [
-            SimPop(sim_config(f"p{i:02d}", cluster.endpoints, prefix, **fleet), self.log)
+            SimPop(sim_config(f"p{i:02d}", cluster.endpoints, prefix, work, **fleet), self.log)
             for i in range(count)
         ]
 
@@ -73,11 +74,11 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet_factory(cluster: EtcdCluster) -> AsyncIterator[Any]:
+async def fleet_factory(cluster: EtcdCluster, tmp_path: Path) -> AsyncIterator[Any]:
     made: list[Fleet] = []
 
     async def make(count: int, **fleet: Any) -> Fleet:
-        f = Fleet(cluster, count, **fleet)
+        f = Fleet(cluster, tmp_path / f"fleet{len(made)}", count, **fleet)
         made.append(f)
         await f.start()
         return f
@@ -195,8 +196,12 @@ async def test_operator_keys_set_k_freeze_health_withdraws_and_override_for_one_
         await admin.put(fleet.prefix + "ctl/policy/web", b'{"min_pops": 0}')
         await admin.put(fleet.prefix + "ctl/freeze", b'{"reason": "incident", "author": "op"}')
         await p1.health(ok=False)
-        await wait_until("p01 refused by the freeze", lambda: guard_of(p1) is not None, 10)
-        assert guard_of(p1) is RefusalReason.FROZEN and p1.state == "D"
+        await wait_until(
+            "p01 refused by the freeze, de-preferred",
+            lambda: guard_of(p1) is RefusalReason.FROZEN and p1.state == "D",
+            10,
+            fleet.describe,
+        )
         await admin.delete(fleet.prefix + "ctl/freeze")
         await wait_until("p01 withdrawn after the thaw", lambda: p1.state == "W", 10)
     assert fleet.pops[2].state == "A"
@@ -237,6 +242,7 @@ async def test_a_pop_coordinates_over_tls_with_a_password(
         "p00",
         etcd_tls_auth.endpoints,
         "/anycast/v1/tls/",
+        tmp_path,
         min_pops=0,
         tls={
             "ca_file": str(tls.ca_file),
@@ -279,3 +285,31 @@ async def test_a_guard_answer_lost_in_flight_is_settled_by_reading_the_own_key(
     await wait_until(f"p00 {want}", lambda: p0.state == want, 10, fleet.describe)
     if not landed:
         assert guard_of(p0) is RefusalReason.UNANSWERED
+
+
+async def test_a_region_drain_in_ctl_is_applied_acknowledged_and_guarded(
+    cluster: EtcdCluster, fleet_factory: Any
+) -> None:
+    """`ctl/intent/region/default` drains every PoP of the region: each de-prefers, acks the
+    ctl/ revision in pops/<pop>, and K = 1 keeps one announcing."""
+    fleet = await fleet_factory(3, min_pops=1)
+    async with EtcdClient(cluster.endpoints) as admin:
+        key = fleet.prefix + "ctl/intent/region/default"
+        revision = await admin.put(key, b'{"action": "drain", "reason": "DR", "author": "op"}')
+
+        async def acked() -> bool:
+            pops = await admin.range(fleet.prefix + "pops/", prefix=True)
+            return len(pops.kvs) == 3 and all(
+                json.loads(kv.value)["ctl_rev_applied"] >= revision for kv in pops.kvs
+            )
+
+        deadline = time.monotonic() + 10
+        while not await acked():
+            assert time.monotonic() < deadline, "not every PoP acknowledged the drain"
+            await asyncio.sleep(0.05)
+        await wait_until(
+            "two withdrawn, one held", lambda: fleet.count("W") == 2, 15, fleet.describe
+        )
+        assert fleet.count("D") == 1
+        await admin.delete(key)
+        await wait_until("all back", lambda: fleet.count("A") == 3, 15, fleet.describe)
