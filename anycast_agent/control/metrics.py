@@ -290,6 +290,34 @@ class SnapshotCollector(Collector):
                 [svc.name], 1.0 if svc.guard and "permitted" not in svc.guard else 0.0
             )
         yield waiting
+        info = _g("fleet_info", "1, with the PoP's region as a label.", ("region",))
+        info.add_metric([snap.fleet_region], 1.0)
+        yield info
+        for name, doc, value in (
+            (
+                "fleet_ctl_revision",
+                "The ctl/ revision the fleet's intents follow here.",
+                snap.fleet_revision,
+            ),
+            (
+                "fleet_ctl_ignored_keys",
+                "ctl/ keys ignored as malformed (see status).",
+                len(snap.fleet_problems),
+            ),
+        ):
+            g = _g(name, doc)
+            g.add_metric([], value)
+            yield g
+        drained = _g(
+            "fleet_drained",
+            "1 while the fleet's layer drains the service here, by source: intent (ctl/intent) "
+            "or ramp (outside a ramp's share).",
+            ("service", "by"),
+        )
+        for svc in snap.services:
+            for by in ("intent", "ramp"):
+                drained.add_metric([svc.name, by], 1.0 if svc.fleet_drained_by == by else 0.0)
+        yield drained
         overridden = _g(
             "fleet_guard_overridden",
             "1 while a break-glass drain (`drain --override-fleet`) withdraws the service "

@@ -100,6 +100,7 @@ def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
         "session_drains": dict(s.session_drains),
         "fleet_state": None if s.published is None else s.published.value,
         "fleet_guard": s.guard,
+        "fleet_drained_by": s.fleet_drained_by or None,
         "targets": [_target_json(t) for t in s.targets],
         "routes": [_route_json(r, snap.neighbors) for r in s.routes],
     }
@@ -133,6 +134,9 @@ def status_json(snap: Snapshot, wall_now: float) -> JSON:
             "budget_slots_in_use": snap.fleet_slots_in_use,
             "budget_slots": snap.fleet_slots,
             "contact_age_s": snap.fleet_contact_age_s,
+            "region": snap.fleet_region,
+            "ctl_revision": snap.fleet_revision,
+            "ctl_problems": list(snap.fleet_problems),
         },
         "services": [_service_json(s, snap, wall_now) for s in snap.services],
     }

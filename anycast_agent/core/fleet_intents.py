@@ -203,6 +203,10 @@ def apply_ctl(pop: Pop, at: Instant) -> list[Command]:
     out: list[Command] = [warn(p) for p in asked.problems if p not in pop.fleet_problems]
     pop.fleet_problems = asked.problems
     pop.fleet_revision = revision
+    pop.fleet_drained_by = {
+        name: "ramp" if d.scope.startswith("ramp/") else "intent"
+        for name, d in asked.drains.items()
+    }
     kept = {k: v for k, v in drains.items() if v is not None}
     if kept == old.fleet_drains and _meds(meds) == _meds(old.fleet_meds):
         return out

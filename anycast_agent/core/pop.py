@@ -138,6 +138,7 @@ class Pop:
         self.fleet_ctl: tuple[Mapping[str, bytes], int] = ({}, 0)  # ctl/ keys, revision
         self.fleet_problems: tuple[str, ...] = ()  # ctl/ keys ignored, and why
         self.fleet_revision = 0  # the ctl/ revision the intents follow
+        self.fleet_drained_by: dict[str, str] = {}  # service: "intent" or "ramp"
         self._snap: Snapshot | None = None
         self.use(spec)
 

@@ -99,6 +99,7 @@ class ServiceSnapshot:
     published: Announcing | None = None  # the state the fleet is told (None: standalone)
     guard: str = ""  # where its withdraw stands with the fleet guard ("" when none waits)
     guard_overridden: bool = False  # drained by break-glass: withdraws without the guard
+    fleet_drained_by: str = ""  # "intent" or "ramp" while the fleet's layer drains it
 
     @property
     def announcing(self) -> bool:
@@ -135,6 +136,9 @@ class Snapshot:
     fleet_slots_in_use: int | None = None
     fleet_slots: int | None = None
     fleet_contact_age_s: float | None = None
+    fleet_region: str = ""
+    fleet_revision: int = 0  # the ctl/ revision the fleet's intents follow
+    fleet_problems: tuple[str, ...] = ()  # ctl/ keys ignored, and why
 
     def service(self, name: str) -> ServiceSnapshot | None:
         return next((s for s in self.services if s.name == name), None)
@@ -205,6 +209,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
                 published=published.get(svc.name),
                 guard=guards[svc.name].describe() if svc.name in guards else "",
                 guard_overridden=svc.name in pop.fleet.overridden,
+                fleet_drained_by=pop.fleet_drained_by.get(svc.name, ""),
                 routes=tuple(
                     RouteSnapshot(k.prefix, k.neighbor, wanted.get(k), held.get(k)) for k in keys
                 ),
@@ -234,4 +239,7 @@ def build_snapshot(pop: Pop) -> Snapshot:
         fleet_mode=pop.fleet.mode,
         fleet_why=pop.fleet.why,
         guard_refusals=dict(pop.fleet.refusals),
+        fleet_region=pop.spec.region,
+        fleet_revision=pop.fleet_revision,
+        fleet_problems=pop.fleet_problems,
     )

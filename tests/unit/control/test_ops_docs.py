@@ -40,6 +40,9 @@ REQUIRED_ALERTS = {
     "FleetDegraded",
     "FleetGuardRefusing",
     "FleetGuardOverridden",
+    "FleetCtlKeysIgnored",
+    "FleetRampStuck",
+    "FleetRegionDrained",
 }
 
 
