@@ -293,7 +293,7 @@ class SnapshotCollector(Collector):
         info = _g("fleet_info", "1, with the PoP's region as a label.", ("region",))
         info.add_metric([snap.fleet_region], 1.0)
         yield info
-        for name, doc, value in (
+        for name, doc, count in (
             (
                 "fleet_ctl_revision",
                 "The ctl/ revision the fleet's intents follow here.",
@@ -306,7 +306,7 @@ class SnapshotCollector(Collector):
             ),
         ):
             g = _g(name, doc)
-            g.add_metric([], value)
+            g.add_metric([], count)
             yield g
         drained = _g(
             "fleet_drained",
