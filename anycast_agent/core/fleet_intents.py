@@ -19,11 +19,17 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 from anycast_agent.core.coalesce import drain_starts
 from anycast_agent.core.commands import Command, info, warn
-from anycast_agent.core.events import Instant
+from anycast_agent.core.events import (
+    FleetCtlChanged,
+    FleetModeChanged,
+    FleetViewChanged,
+    GuardAnswered,
+    Instant,
+)
 from anycast_agent.core.intents import Drain, MedOverride
 
 if TYPE_CHECKING:
@@ -181,6 +187,29 @@ def _ramp(
     for service in applies:
         drains.setdefault(service, FleetDrain(key, why, _text(value, "author")))
     return ""
+
+
+def fleet_event(
+    pop: Pop, event: FleetModeChanged | FleetViewChanged | FleetCtlChanged | GuardAnswered
+) -> list[Command]:
+    """What the fleet's coordinator reports: a mode, a change in the fleet's keys, a new
+    ctl/ view, or the guard's answer."""
+    match event:
+        case FleetModeChanged(at=at, mode=mode, why=why):
+            pop.news(at)
+            return pop.fleet.mode_changed(mode, why)
+        case FleetViewChanged(at=at):
+            pop.fleet.view += 1
+            pop.news(at)
+            return []
+        case FleetCtlChanged(at=at, ctl=ctl, revision=revision):
+            pop.fleet_ctl = (ctl, revision)
+            return apply_ctl(pop, at)
+        case GuardAnswered(at=at, service=service, refused=refused, detail=detail):
+            pop.news(at, service)
+            return pop.fleet.answered(service, refused, detail, at.mono)
+        case _:
+            assert_never(event)
 
 
 def apply_ctl(pop: Pop, at: Instant) -> list[Command]:

@@ -55,7 +55,7 @@ from anycast_agent.core.events import (
     VipsListed,
 )
 from anycast_agent.core.fleet import FleetGate, published_states
-from anycast_agent.core.fleet_intents import apply_ctl
+from anycast_agent.core.fleet_intents import fleet_event
 from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import Intents
 from anycast_agent.core.lifecycle import canary_observed, reread, swapped, synced
@@ -184,19 +184,8 @@ class Pop:
             case ChannelClosed():
                 self.channel_up = False
                 out = []
-            case FleetModeChanged(at=at, mode=mode, why=why):
-                out = self.fleet.mode_changed(mode, why)
-                self.news(at)
-            case FleetViewChanged(at=at):
-                self.fleet.view += 1
-                self.news(at)
-                out = []
-            case FleetCtlChanged(at=at, ctl=ctl, revision=revision):
-                self.fleet_ctl = (ctl, revision)
-                out = apply_ctl(self, at)
-            case GuardAnswered(at=at, service=service, refused=refused, detail=detail):
-                out = self.fleet.answered(service, refused, detail, at.mono)
-                self.news(at, service)
+            case FleetModeChanged() | FleetViewChanged() | FleetCtlChanged() | GuardAnswered():
+                out = fleet_event(self, event)
             case CanaryObserved():
                 out = canary_observed(self, event)
             case _:
