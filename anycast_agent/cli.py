@@ -19,6 +19,7 @@ from anycast_agent.config import ENV_PREFIX, AgentConfig, deprecations, load_con
 from anycast_agent.control.server import ControlServer, load_token
 from anycast_agent.errors import ConfigError
 from anycast_agent.exabgp_conf import agent_command, render_exabgp
+from anycast_agent.fleet.operator_cli import add_fleet_command, run_fleet
 from anycast_agent.speaker.channel import Channel
 from anycast_agent.speaker.dry_run import DryRunSpeaker
 from anycast_agent.speaker.stdio import open_stdin, write_stdout
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sup.add_argument("args", nargs=argparse.REMAINDER, help="see `anycast-agent supervise --help`")
 
     add_client_commands(sub)
+    add_fleet_command(sub)
 
     render = sub.add_parser("render", help="write configuration for other programs")
     render_sub = render.add_subparsers(dest="what", required=True)
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             return render(args)
         case "supervise":
             return supervise.main(args.args)
+        case "fleet":
+            return run_fleet(args)
         case "run":
             logs.setup(args.log_level)
             return run(args.config, dry_run=args.dry_run, state_dir=args.state_dir)

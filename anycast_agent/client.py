@@ -374,19 +374,18 @@ def run_client(
 def _refusal(command: str, reply: Reply) -> str:
     body = reply.body
     if not isinstance(body, dict):
-        return f"anycast-agent {command}: HTTP {reply.status}: {_clean(str(body))[:500]}\n"
+        return f"anycast-agent {command}: HTTP {reply.status}: {clean(str(body))[:500]}\n"
     lines = [
-        f"anycast-agent {command}: {_clean(str(body.get('error', 'refused')))} "
-        f"(HTTP {reply.status})"
+        f"anycast-agent {command}: {clean(str(body.get('error', 'refused')))} (HTTP {reply.status})"
     ]
     detail = body.get("detail")
     if isinstance(detail, list):
         lines += [
-            f"  {_clean(d['message'] if isinstance(d, dict) and 'message' in d else str(d))}"
+            f"  {clean(d['message'] if isinstance(d, dict) and 'message' in d else str(d))}"
             for d in detail
         ]
     elif isinstance(detail, dict | str) and detail:
-        lines.append(f"  {_clean(json.dumps(detail) if isinstance(detail, dict) else detail)}")
+        lines.append(f"  {clean(json.dumps(detail) if isinstance(detail, dict) else detail)}")
     return "\n".join(lines) + "\n"
 
 
@@ -422,12 +421,12 @@ def _confirmed(question: str) -> bool:
 # --- status table -----------------------------------------------------------------------------
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
     """Never let a target's reason (from a probe's output) drive the operator's terminal."""
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
@@ -450,7 +449,7 @@ def _med_text(s: dict[str, Any]) -> str:
 def format_status(status: Any) -> str:
     """The status JSON as the tables `anycast-agent status` prints."""
     if not isinstance(status, dict):
-        return _clean(str(status)) + "\n"
+        return clean(str(status)) + "\n"
     channel = "up" if status.get("channel_up") else "DOWN"
     lines = [
         f"pop {status.get('pop')}  agent {status.get('version')}  exabgp channel {channel}  "
@@ -480,7 +479,7 @@ def format_status(status: Any) -> str:
                 _drain_text(s.get("drain")),
             )
         )
-    lines += ["", *_table(rows)]
+    lines += ["", *table(rows)]
     trows = [("SERVICE/TARGET", "KIND", "STATE", "LATENCY", "LAST")]
     for s in services:
         for t in s.get("targets", []):
@@ -502,6 +501,6 @@ def format_status(status: Any) -> str:
                 )
             )
     if len(trows) > 1:
-        lines += ["", *_table(trows)]
+        lines += ["", *table(trows)]
     lines += [f"{s['name']}: {s['fleet_guard']}" for s in services if s.get("fleet_guard")]
-    return "\n".join(_clean(line) for line in lines) + "\n"
+    return "\n".join(clean(line) for line in lines) + "\n"

@@ -1,0 +1,405 @@
+"""`anycast-agent fleet ...`: the operator's command line over etcd (never through an agent).
+
+It reads an operator credential file, runs one `operator` call and prints what happened.
+Exit codes: 0 done, 1 refused / lost a race / PoPs did not follow in time, 2 usage or
+credentials, 3 etcd unreachable or the outcome of a write unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, TextIO
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from anycast_agent.client import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+)
+from anycast_agent.config.fleet import EtcdAuth, EtcdTls
+from anycast_agent.config.load import format_errors
+from anycast_agent.config.types import Duration, Name, Strict, parse_duration
+from anycast_agent.fleet.etcd_http import (
+    EtcdClient,
+    EtcdError,
+    EtcdRejected,
+    EtcdUnavailable,
+    TlsFiles,
+)
+from anycast_agent.fleet.operator import (
+    IntentAction,
+    Operator,
+    OperatorRefused,
+    RampChange,
+    Scope,
+    Written,
+)
+from anycast_agent.fleet.operator_status import format_status, status_document
+
+DEFAULT_ETCD = Path("/etc/anycast-agent/fleet-operator.yaml")
+MED_LIMIT = 4294967294  # the highest MED an agent takes from ctl/intent (core.fleet_intents)
+_NAME: TypeAdapter[str] = TypeAdapter(Name)
+
+
+class UsageError(Exception):
+    """A command line or credential file that cannot become a request (exit 2)."""
+
+
+class OperatorEtcd(Strict):
+    """The operator credential file: which etcd, and as whom."""
+
+    endpoints: Annotated[tuple[str, ...], Field(min_length=1)]
+    prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]*/$")] = "/anycast/v1/"
+    timeout: Annotated[Duration, Field(gt=0.0, le=30.0)] = 2.0
+    tls: EtcdTls | None = None
+    auth: EtcdAuth | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for url in v:
+            parts = urlsplit(url)
+            try:
+                parts.port  # noqa: B018 - raises on a bad port
+            except ValueError:
+                raise ValueError(f"bad port in {url!r}") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"expected http(s)://HOST:PORT, got {url!r}")
+        return tuple(u.rstrip("/") for u in v)
+
+    @model_validator(mode="after")
+    def _tls(self) -> OperatorEtcd:
+        https = {urlsplit(u).scheme == "https" for u in self.endpoints}
+        if len(https) > 1:
+            raise ValueError("endpoints mix http and https")
+        if (self.tls is not None) != (True in https):
+            raise ValueError("https endpoints need tls: {ca_file: ...}, and tls needs https")
+        return self
+
+
+def load_credentials(path: Path) -> tuple[OperatorEtcd, str | None]:
+    """The file's settings and the password its auth names; UsageError naming key and value."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read the etcd credential file {path}: {exc}") from None
+    try:
+        settings = OperatorEtcd.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        problems = "; ".join(format_errors(exc, data))
+        raise UsageError(f"{path}: invalid etcd credentials: {problems}") from None
+    if settings.auth is None:
+        return settings, None
+    try:
+        password = settings.auth.password_file.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        where = f"auth.password_file {str(settings.auth.password_file)!r}"
+        raise UsageError(f"{path}: {where}: cannot read it: {exc.__class__.__name__}") from None
+    return settings, password
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _arg(
+    parse: type[int] | type[float], low: float, high: float, what: str
+) -> Callable[[str], int | float]:
+    def check(text: str) -> int | float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low:g}..{high:g}, got {text!r}")
+        return value
+
+    return check
+
+
+def _name(text: str) -> str:
+    try:
+        return _NAME.validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"not a name like ams1 or eu-west: {text!r}") from None
+
+
+def _members(text: str) -> list[str]:
+    return [_name(m.strip()) for m in text.split(",") if m.strip()]
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"a duration of at least 1s, got {text!r}")
+    return seconds
+
+
+def add_fleet_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `fleet` (its own subcommands) to the `anycast-agent` parser."""
+    fleet = sub.add_parser("fleet", help="drain, ramp and watch the whole fleet through etcd")
+    add_fleet_arguments(fleet)
+
+
+def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
+    cmds = p.add_subparsers(dest="fleet_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--etcd",
+        type=Path,
+        default=DEFAULT_ETCD,
+        help="the operator's etcd credential file (default: %(default)s)",
+    )
+    write = argparse.ArgumentParser(add_help=False, parents=[common])
+    write.add_argument("--reason", required=True, help="why (stored in the key, or echoed)")
+    write.add_argument("--author", help="who (default: $USER)")
+    waits = argparse.ArgumentParser(add_help=False)
+    waits.add_argument(
+        "--wait", action="store_true", help="return once every PoP in scope applied the change"
+    )
+    waits.add_argument(
+        "--wait-max", type=_arg(float, 0, 86400, "--wait-max"), default=120.0, metavar="S"
+    )
+
+    s = cmds.add_parser("status", parents=[common], help="per service: PoPs, K, budget, intents")
+    s.add_argument("--service", type=_name)
+    s.add_argument("--region", type=_name)
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    for name, what in (
+        ("drain", "drain a PoP, a region or a service"),
+        ("undrain", "end a drain (its own scope only)"),
+        ("med", "set the MED of a PoP, a region or a service"),
+        ("unmed", "end a MED intent"),
+    ):
+        c = cmds.add_parser(name, parents=[write, waits], help=what)
+        scope = c.add_mutually_exclusive_group(required=True)
+        for flag in ("--pop", "--region", "--service"):
+            scope.add_argument(flag, type=_name)
+        if name == "med":
+            c.add_argument("med", type=_arg(int, 0, MED_LIMIT, "MED"), metavar="MED")
+        if name in ("drain", "med"):
+            c.add_argument("--expires", type=_duration, metavar="DURATION", help="e.g. 2h")
+            c.add_argument("--replace", action="store_true", help="replace a med/drain intent")
+
+    r = cmds.add_parser("ramp", parents=[write, waits], help="ramp a region and/or a service")
+    r.add_argument("percent", nargs="?", type=_arg(float, 0, 100, "PERCENT"), metavar="PERCENT")
+    r.add_argument("--region", type=_name)
+    r.add_argument("--service", type=_name)
+    r.add_argument("--members", type=_members, help="a,b,c: the members at ramp start")
+    r.add_argument("--end", action="store_true", help="delete the ramp (at 100%%, or --force)")
+    r.add_argument("--force", action="store_true", help="end a ramp below 100%%")
+
+    f = cmds.add_parser("freeze", parents=[write], help="refuse every health withdraw")
+    f.add_argument("--expires", type=_duration, metavar="DURATION")
+    cmds.add_parser("unfreeze", parents=[write], help="end the freeze")
+
+    pol = cmds.add_parser("policy", parents=[write], help="a service's K (min_pops)")
+    pol.add_argument("service", type=_name)
+    k = pol.add_mutually_exclusive_group(required=True)
+    k.add_argument("--min-pops", type=_arg(int, 0, 120, "--min-pops"), metavar="K")
+    k.add_argument("--clear", action="store_true", help="back to the agents' default")
+
+    ov = cmds.add_parser("override", parents=[write], help="let a PoP withdraw below K")
+    ov.add_argument("service", type=_name)
+    ov.add_argument("--pop", type=_name, required=True)
+    ttl = ov.add_mutually_exclusive_group(required=True)
+    ttl.add_argument("--ttl", type=_duration, metavar="DURATION", help="e.g. 10m")
+    ttl.add_argument("--clear", action="store_true", help="end the override now")
+
+    b = cmds.add_parser("budget", parents=[write], help="health withdraws per window, fleet-wide")
+    slots = b.add_mutually_exclusive_group(required=True)
+    slots.add_argument("--slots", type=_arg(int, 1, 100, "--slots"), metavar="B")
+    slots.add_argument("--clear", action="store_true", help="back to the agents' default")
+    b.add_argument("--window", type=_duration, default=300.0, metavar="DURATION")
+
+
+def parser() -> argparse.ArgumentParser:
+    """`anycast-agent fleet` on its own (tests, scripts)."""
+    p = argparse.ArgumentParser(prog="anycast-agent fleet")
+    add_fleet_arguments(p)
+    return p
+
+
+def main(argv: list[str], *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    return run_fleet(parser().parse_args(argv), stdout=stdout, stderr=stderr)
+
+
+def run_fleet(
+    args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        settings, password = load_credentials(args.etcd)
+        author = "" if args.fleet_command == "status" else args.author or os.environ.get("USER")
+        if author is None:
+            raise UsageError("who is writing? --author NAME (no $USER)")
+        tls = None
+        if settings.tls is not None:
+            tls = TlsFiles(settings.tls.ca_file, settings.tls.cert_file, settings.tls.key_file)
+        user = settings.auth.user if settings.auth is not None else None
+        client = EtcdClient(
+            settings.endpoints, timeout_s=settings.timeout, tls=tls, user=user, password=password
+        )
+    except (UsageError, EtcdError) as exc:  # EtcdError: the TLS files
+        err.write(f"anycast-agent fleet: {exc}\n")
+        return EXIT_USAGE
+    op = Operator(client, settings.prefix, author)
+    return asyncio.run(execute(args, op, out, err, settings.endpoints))
+
+
+async def execute(
+    args: argparse.Namespace,
+    op: Operator,
+    out: TextIO,
+    err: TextIO,
+    endpoints: Sequence[str] = (),
+) -> int:
+    """Run one parsed command with `op` (its client closed after); the exit code."""
+    what = f"anycast-agent fleet {args.fleet_command}"
+    async with op.client:
+        try:
+            await _command(args, op, out)
+        except UsageError as exc:
+            err.write(f"{what}: {exc}\n")
+            return EXIT_USAGE
+        except OperatorRefused as exc:
+            err.write(f"{what}: {exc}\n")
+            return EXIT_REFUSED
+        except EtcdRejected as exc:  # authentication or permissions: the credentials
+            err.write(f"{what}: etcd refused: {exc}\n")
+            return EXIT_USAGE
+        except EtcdUnavailable as exc:
+            err.write(f"{what}: etcd unreachable (tried {', '.join(endpoints)}): {exc}\n")
+            return EXIT_UNREACHABLE
+        except EtcdError as exc:  # a lost answer to a write, or a member talking nonsense
+            err.write(f"{what}: {exc}\n")
+            return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+async def _command(args: argparse.Namespace, op: Operator, out: TextIO) -> None:
+    cmd = args.fleet_command
+    scope = Scope(vars(args).get("pop"), vars(args).get("region"), vars(args).get("service"))
+    match cmd:
+        case "status":
+            doc = status_document(await op.snapshot(), op.prefix, args.region, args.service)
+            out.write(json.dumps(doc, indent=2) + "\n" if args.json else format_status(doc))
+            return
+        case "drain" | "med":
+            action = IntentAction(cmd)
+            med = args.med if cmd == "med" else None
+            done = await op.set_intent(
+                scope,
+                action,
+                reason=args.reason,
+                med=med,
+                expires_s=args.expires,
+                replace=args.replace,
+            )
+        case "undrain" | "unmed":
+            done = await op.clear_intent(scope, IntentAction(cmd.removeprefix("un")))
+        case "ramp":
+            try:
+                scope.ramp_key()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            if args.end and args.percent is not None:
+                raise UsageError("--end takes no PERCENT")
+            if args.end:
+                done = await op.end_ramp(scope, force=args.force)
+            elif args.percent is None:
+                raise UsageError("give a PERCENT (0-100), or --end")
+            else:
+                change = await op.ramp(
+                    scope, args.percent, reason=args.reason, members=args.members
+                )
+                out.write(_ramped(change))
+                await _wait(args, op, scope, change.revision, out)
+                return
+        case "freeze":
+            done = await op.put("ctl/freeze", {}, reason=args.reason, ttl_s=args.expires, keep=True)
+        case "unfreeze":
+            done = await op.delete("ctl/freeze")
+        case "policy" if args.clear:
+            done = await op.delete(f"ctl/policy/{args.service}")
+        case "policy":
+            fields = {"min_pops": args.min_pops}
+            done = await op.put(f"ctl/policy/{args.service}", fields, reason=args.reason)
+        case "budget" if args.clear:
+            done = await op.delete("ctl/budget")
+        case "budget":
+            fields = {"slots": args.slots, "window_s": args.window}
+            done = await op.put("ctl/budget", fields, reason=args.reason)
+        case "override" if args.clear:
+            done = await op.delete(f"ctl/override/{args.service}/{args.pop}")
+        case "override":
+            key = f"ctl/override/{args.service}/{args.pop}"
+            done = await op.put(key, {}, reason=args.reason, ttl_s=args.ttl)
+        case _:
+            raise UsageError(f"not a fleet command: {cmd!r}")
+    out.write(_written(done, args.reason, op.author))
+    if done.revision:
+        await _wait(args, op, scope, done.revision, out)
+
+
+async def _wait(
+    args: argparse.Namespace, op: Operator, scope: Scope, revision: int, out: TextIO
+) -> None:
+    if not getattr(args, "wait", False):
+        return
+
+    def progress(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    await op.wait_applied(scope, revision, timeout_s=args.wait_max, progress=progress)
+
+
+def _show(value: object) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
+
+
+def _written(done: Written, reason: str, author: str) -> str:
+    if not done.revision:
+        if done.after is not None:
+            return f"{done.key} is already set, left as it is: {_show(done.after)}\n"
+        return f"nothing to do: {done.key} does not exist\n"
+    if done.after is None:
+        return (
+            f"deleted {done.key} at revision {done.revision} (was {_show(done.before)}; "
+            f"reason {reason!r}, by {author})\n"
+        )
+    was = f" (replaced {_show(done.before)})" if done.before is not None else ""
+    return f"set {done.key} = {_show(done.after)} at revision {done.revision}{was}\n"
+
+
+def _ramped(change: RampChange) -> str:
+    verb = "started" if change.started else "moved"
+    active = sorted(change.after)
+    lines = [
+        f"ramp {change.key} {verb} at {change.percent:g}% (revision {change.revision}): "
+        f"{len(active)} of {len(change.members)} members active",
+        f"  active: {', '.join(active) or '-'}",
+    ]
+    if joined := sorted(change.after - change.before):
+        lines.append(f"  joining: {', '.join(joined)}")
+    if left := sorted(change.before - change.after):
+        lines.append(
+            f"  leaving (de-preferred, then withdrawn through the guard): {', '.join(left)}"
+        )
+    if change.started:
+        lines.append(f"  members frozen for this ramp: {', '.join(change.members)}")
+    return "\n".join(lines) + "\n"
