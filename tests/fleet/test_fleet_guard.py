@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from anycast_agent.core.fleet_intents import ramp_share
 from anycast_agent.fleet.etcd_http import EtcdClient, EtcdOutcomeUnknown
 from anycast_agent.model import FleetMode, RefusalReason
+from tests.fleet.proxy import Proxy
 from tests.fleet.sim import RibEntry, SimPop, check_invariants, sim_config, wait_until
 from tests.lab.etcd import EtcdCluster
 from tests.lab.prereqs import require_tool
@@ -36,12 +38,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 class Fleet:
-    def __init__(self, cluster: EtcdCluster, work: Path, count: int, **fleet: Any) -> None:
+    def __init__(
+        self,
+        cluster: EtcdCluster,
+        work: Path,
+        count: int,
+        endpoints: list[list[str]] | None = None,
+        **fleet: Any,
+    ) -> None:
         prefix = f"/anycast/t{next(_rounds)}-{time.monotonic_ns()}/"  # a fresh keyspace per test
         self.prefix = prefix
         self.log: list[RibEntry] = []
         self.pops = [
-            SimPop(sim_config(f"p{i:02d}", cluster.endpoints, prefix, work, **fleet), self.log)
+            SimPop(
+                sim_config(
+                    f"p{i:02d}",
+                    endpoints[i] if endpoints else cluster.endpoints,
+                    prefix,
+                    work,
+                    **fleet,
+                ),
+                self.log,
+            )
             for i in range(count)
         ]
 
@@ -313,3 +331,72 @@ async def test_a_region_drain_in_ctl_is_applied_acknowledged_and_guarded(
         assert fleet.count("D") == 1
         await admin.delete(key)
         await wait_until("all back", lambda: fleet.count("A") == 3, 15, fleet.describe)
+
+
+async def test_a_ramp_25_50_100_keeps_exactly_that_share_announcing(
+    cluster: EtcdCluster, fleet_factory: Any
+) -> None:
+    """`ctl/ramp/service/web` over 8 PoPs: 2, 4, then 8 announce, exactly the ramp's share,
+    and raising the percent never takes a PoP out."""
+    fleet = await fleet_factory(8, min_pops=1)
+    members = fleet.names
+    active_before: frozenset[str] = frozenset()
+    async with EtcdClient(cluster.endpoints) as admin:
+        for percent in (25, 50, 100):
+            value = {"percent": percent, "salt": "t", "members": members, "author": "op"}
+            since = time.monotonic()
+            await admin.put(fleet.prefix + "ctl/ramp/service/web", json.dumps(value).encode())
+            share = ramp_share(members, "t", percent)
+
+            def settled(share: frozenset[str] = share) -> bool:
+                return {p.name for p in fleet.pops if p.state == "A"} == share and all(
+                    p.state == "W" for p in fleet.pops if p.name not in share
+                )
+
+            await wait_until(f"{percent}%: exactly {sorted(share)}", settled, 15, fleet.describe)
+            assert len(share) == len(members) * percent // 100
+            assert active_before <= share
+            left = {x.pop for x in fleet.changes_since(since) if x.what in "DW"}
+            assert not left & active_before, f"raising to {percent}% took {left} out"
+            active_before = share
+
+
+async def test_a_partition_of_half_the_pops_withdraws_nothing(
+    cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Every PoP reaches etcd through a proxy of its own; half of them are cut off: they go
+    DEGRADED, the rest stay CONNECTED, and no route moves, then or after the heal. A PoP on the
+    cut side that fails meanwhile stays de-preferred."""
+    proxies = [[Proxy(url) for url in cluster.endpoints] for _ in range(6)]
+    for proxy in (p for row in proxies for p in row):
+        await proxy.start()
+    fleet = Fleet(cluster, tmp_path, 6, [[p.url for p in row] for row in proxies], min_pops=1)
+    await fleet.start()
+    try:
+        since = time.monotonic()
+        cut = fleet.pops[:3]
+        for row in proxies[:3]:
+            for proxy in row:
+                proxy.partition()
+        await wait_until(
+            "the cut half degraded", lambda: all(p.mode is FleetMode.DEGRADED for p in cut), 15
+        )
+        assert all(p.mode is FleetMode.CONNECTED for p in fleet.pops[3:])
+        assert fleet.changes_since(since) == []
+        await cut[0].health(ok=False)  # dies while cut off: de-preferred, never withdrawn
+        await wait_until("p00 de-preferred", lambda: cut[0].state == "D", 10, fleet.describe)
+        for row in proxies[:3]:
+            for proxy in row:
+                proxy.heal()
+        await wait_until(
+            "every PoP connected",
+            lambda: all(p.mode is FleetMode.CONNECTED for p in fleet.pops),
+            20,
+        )
+        # Back in the fleet, p00's withdraw asks the guard and goes (K = 1 is met).
+        await wait_until("p00 withdrawn through the guard", lambda: cut[0].state == "W", 10)
+        assert [(x.pop, x.what) for x in fleet.changes_since(since)] == [("p00", "D"), ("p00", "W")]
+    finally:
+        await fleet.stop()
+        for proxy in (p for row in proxies for p in row):
+            await proxy.stop()
