@@ -39,18 +39,13 @@ class Budget(Strict):
     window: Annotated[Duration, Field(ge=2.0)] = 300.0
 
 
-class Fleet(Strict):
+class EtcdAccess(Strict):
+    """Which etcd, under which prefix, and as whom: the agent's `fleet:` and the operator's
+    credential file (`anycast-agent fleet --etcd FILE`) alike."""
+
     endpoints: Annotated[tuple[str, ...], Field(min_length=1)]
-    region: Name = "default"
     prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]*/$")] = "/anycast/v1/"
-    # The K of a service without `ctl/policy/<svc>`: a withdraw that would leave fewer other
-    # PoPs announcing it is refused (the routes stay de-preferred). Capped by etcd's
-    # --max-txn-ops (128 by default).
-    min_pops: Annotated[int, Field(ge=0, le=120)] = 2
-    budget: Budget = Budget()
-    lease_ttl: Annotated[Duration, Field(ge=2.0, le=300.0)] = 9.0
     timeout: Annotated[Duration, Field(gt=0.0, le=10.0)] = 2.0  # every etcd call's deadline
-    stale_after: Annotated[Duration, Field(gt=0.0)] = 5.0  # DEGRADED with no answer this long
     tls: EtcdTls | None = None
     auth: EtcdAuth | None = None
 
@@ -74,12 +69,27 @@ class Fleet(Strict):
         return tuple(u.rstrip("/") for u in v)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Fleet:
+    def _tls(self) -> EtcdAccess:
         https = {urlsplit(u).scheme == "https" for u in self.endpoints}
         if len(https) > 1:
             raise ValueError("endpoints mix http and https")
         if (self.tls is not None) != (True in https):
             raise ValueError("https endpoints need tls: {ca_file: ...}, and tls needs https")
+        return self
+
+
+class Fleet(EtcdAccess):
+    region: Name = "default"
+    # The K of a service without `ctl/policy/<svc>`: a withdraw that would leave fewer other
+    # PoPs announcing it is refused (the routes stay de-preferred). Capped by etcd's
+    # --max-txn-ops (128 by default).
+    min_pops: Annotated[int, Field(ge=0, le=120)] = 2
+    budget: Budget = Budget()
+    lease_ttl: Annotated[Duration, Field(ge=2.0, le=300.0)] = 9.0
+    stale_after: Annotated[Duration, Field(gt=0.0)] = 5.0  # DEGRADED with no answer this long
+
+    @model_validator(mode="after")
+    def _timers(self) -> Fleet:
         if self.timeout >= self.lease_ttl / 3:
             raise ValueError(
                 f"timeout {self.timeout:g}s must be under lease_ttl/3 "

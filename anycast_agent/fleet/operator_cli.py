@@ -14,11 +14,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, TextIO
-from urllib.parse import urlsplit
+from typing import TextIO
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import TypeAdapter, ValidationError
 
 from anycast_agent.client import (
     EXIT_OK,
@@ -26,9 +25,9 @@ from anycast_agent.client import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
 )
-from anycast_agent.config.fleet import EtcdAuth, EtcdTls
+from anycast_agent.config.fleet import EtcdAccess
 from anycast_agent.config.load import format_errors
-from anycast_agent.config.types import Duration, Name, Strict, parse_duration
+from anycast_agent.config.types import Name, parse_duration
 from anycast_agent.fleet.etcd_http import (
     EtcdClient,
     EtcdError,
@@ -55,36 +54,8 @@ class UsageError(Exception):
     """A command line or credential file that cannot become a request (exit 2)."""
 
 
-class OperatorEtcd(Strict):
-    """The operator credential file: which etcd, and as whom."""
-
-    endpoints: Annotated[tuple[str, ...], Field(min_length=1)]
-    prefix: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]*/$")] = "/anycast/v1/"
-    timeout: Annotated[Duration, Field(gt=0.0, le=30.0)] = 2.0
-    tls: EtcdTls | None = None
-    auth: EtcdAuth | None = None
-
-    @field_validator("endpoints")
-    @classmethod
-    def _urls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for url in v:
-            parts = urlsplit(url)
-            try:
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                raise ValueError(f"bad port in {url!r}") from None
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"expected http(s)://HOST:PORT, got {url!r}")
-        return tuple(u.rstrip("/") for u in v)
-
-    @model_validator(mode="after")
-    def _tls(self) -> OperatorEtcd:
-        https = {urlsplit(u).scheme == "https" for u in self.endpoints}
-        if len(https) > 1:
-            raise ValueError("endpoints mix http and https")
-        if (self.tls is not None) != (True in https):
-            raise ValueError("https endpoints need tls: {ca_file: ...}, and tls needs https")
-        return self
+# The operator credential file: which etcd, and as whom (the agent's `fleet:` keys).
+OperatorEtcd = EtcdAccess
 
 
 def load_credentials(path: Path) -> tuple[OperatorEtcd, str | None]:
