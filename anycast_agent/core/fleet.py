@@ -129,7 +129,8 @@ class GuardState:
     refused: RefusalReason | None = None
     detail: str = ""
     refused_at: float = 0.0
-    refused_view: int = -1
+    refused_view: int = -1  # the view the refused question was asked at
+    asked_view: int = -1  # the view the question out was asked at
 
     def describe(self) -> str:
         if self.permitted:
@@ -176,8 +177,12 @@ class FleetGate:
         return [warn(f"fleet guard refuses withdrawing {service} ({reason}: {detail})")]
 
     def _refuse(self, service: str, reason: RefusalReason, detail: str, now: float) -> None:
+        """A refusal stands for the view its question saw: a change in the fleet while the
+        question was out asks again at once."""
         self.refusals[reason] = self.refusals.get(reason, 0) + 1
-        self.services[service] = GuardState(None, False, reason, detail, now, self.view)
+        asked = self.services.get(service, GuardState()).asked_view
+        view = asked if asked >= 0 else self.view
+        self.services[service] = GuardState(None, False, reason, detail, now, view)
 
     def guard(
         self,
@@ -186,10 +191,12 @@ class FleetGate:
         held: Mapping[RouteKey, RouteAttrs],
         now: float,
         override: bool = False,
+        recovering: bool = False,
     ) -> tuple[Outcome, list[Command]]:
         """The outcome the routes may follow: a withdraw of every held route of the service
         waits for a permit; with a refusal, or while DEGRADED, they stay de-preferred. A
-        break-glass drain (`override`) withdraws without one."""
+        break-glass drain (`override`) withdraws without one. A held health withdraw is not
+        asked for again while a target is `recovering`: it would withdraw a PoP coming back."""
         if not self.enabled:
             return out, []
         if override and out.phase is Phase.DRAINED:
@@ -209,7 +216,8 @@ class FleetGate:
         if state.permitted:
             return out, []
         kind = WithdrawKind.DRAIN if out.phase is Phase.DRAINED else WithdrawKind.HEALTH
-        asks, due = self._ask(svc.name, kind, now)
+        held_back = kind is WithdrawKind.HEALTH and state.refused is not None and recovering
+        asks, due = ([], None) if held_back else self._ask(svc.name, kind, now)
         wake = out.wake_at if due is None else min(due, out.wake_at or due)
         state = self.services.get(svc.name, state)
         if state.refused is None:  # the first ask: the routes stay as they are until answered
@@ -239,7 +247,7 @@ class FleetGate:
         due = state.refused_at + REASK_S
         if state.refused is not None and state.refused_view == self.view and now < due:
             return [], due
-        self.services[name] = replace(state, asking=kind)
+        self.services[name] = replace(state, asking=kind, asked_view=self.view)
         return [AskGuard(name, kind)], None
 
     def drain_out(

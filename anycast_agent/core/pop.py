@@ -81,6 +81,7 @@ from anycast_agent.model import (
     ProbeResult,
     RouteAttrs,
     RouteKey,
+    TargetState,
 )
 
 # Each step re-evaluates, besides the services with news and those whose timer is due, a slice
@@ -392,7 +393,8 @@ class Pop:
             outcome = held_only(svc, outcome, self.rib.held.keys(), why)
         drain = applied.intents().drain_of(svc.name)
         override = drain is not None and drain.override_fleet
-        outcome, asks = self.fleet.guard(svc, outcome, self.rib.held, now, override)
+        recovering = any(r.health.state is TargetState.RECOVERING for r in records)
+        outcome, asks = self.fleet.guard(svc, outcome, self.rib.held, now, override, recovering)
         out += asks
         self.memory[svc.name] = mem
         if held and outcome.phase in _RAMP_ENDED:

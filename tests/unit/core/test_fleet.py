@@ -39,6 +39,7 @@ from anycast_agent.model import (
     RefusalReason,
     RouteAttrs,
     RouteKey,
+    TargetState,
     WithdrawKind,
 )
 from tests.unit.core.playbook import Playbook, pop_config, routes_of, tcp_targets
@@ -201,6 +202,30 @@ def test_a_refused_withdraw_stays_de_preferred_and_asks_again_on_a_view_change()
     assert asks(pb.tick(2.6 + REASK_S)) == [AskGuard("web", HEALTH)]  # and at least every REASK_S
     assert not any(isinstance(c, Withdraw) for c in pb.log)  # de-preferred all along
     assert pb.meds() == {MED_DRAIN}
+
+
+def test_a_fleet_change_while_the_question_is_out_asks_again_at_once() -> None:
+    pb = fleet_pop()
+    connect(pb, 0.5)
+    assert asks(pb.health(1, "x")) == [AskGuard("web", HEALTH)]
+    pb.send(FleetViewChanged(pb.at(1.1)))  # another PoP came back while we asked
+    pb.send(GuardAnswered(pb.at(1.2), "web", RefusalReason.TOO_FEW, "0 other"))
+    assert asks(pb.tick(1.2)) == [AskGuard("web", HEALTH)]  # not after REASK_S
+
+
+def test_a_held_withdraw_is_not_asked_for_while_a_target_recovers() -> None:
+    pb = fleet_pop()
+    connect(pb, 0.5)
+    pb.health(1, "x")
+    pb.send(GuardAnswered(pb.at(1.1), "web", RefusalReason.TOO_FEW, "0 other"))
+    pb.tick(1.1)
+    pb.result(2, "e0", True)  # recovering: one success
+    assert pb.pop.targets["web"][0].health.state is TargetState.RECOVERING
+    out = pb.send(FleetViewChanged(pb.at(2.1))) + pb.tick(2.1) + pb.tick(2.1 + REASK_S)
+    assert asks(out) == [] and not any(isinstance(c, Withdraw) for c in out)
+    out = pb.health(9, "h")  # back: announced normally, never withdrawn
+    assert [c.attrs.med for c in routes_of(out) if isinstance(c, Announce)] == [100]
+    assert not any(isinstance(c, Withdraw) for c in pb.log)
 
 
 def test_degraded_never_withdraws_and_never_asks() -> None:
