@@ -13,7 +13,7 @@ APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus ngi
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit chaos demo bench bench-dns fuzz clean
+.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-dns fuzz clean
 
 all: test
 
@@ -64,6 +64,11 @@ chaos: deps venv
 
 demo: deps venv
 	$(PY) -m tests.lab.demo
+
+# Four PoPs in two regions coordinating through etcd (K = 2): every PoP's edges failing at once,
+# a region drain and a ramp 25/50/100 %, printed as a timeline of what the upstream sees.
+demo-fleet: deps venv
+	$(PY) -m tests.lab.fleetdemo
 
 # Benchmarks print their figures and the exact command; they are never pass/fail tests.
 bench: deps venv

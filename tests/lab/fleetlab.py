@@ -1,16 +1,18 @@
-"""`FleetLab`: three PoPs coordinating through etcd (DESIGN §3.7, FLEET.md §3.11 tier 3).
+"""`FleetLab`: N PoPs in regions coordinating through etcd (DESIGN §3.7, FLEET.md §3.11 tier 3).
 
-The two-PoP lab's pieces, one PoP more, and an etcd member behind the upstream:
+The two-PoP lab's pieces, more PoPs, and an etcd member behind the upstream:
 
     pop1 (ExaBGP + agent) ─┐
-    pop2 (ExaBGP + agent) ─┼─ upstream (BIRD, AS 65000, forwarding on) ── etcd (one member)
-    pop3 (ExaBGP + agent) ─┘
+    pop2 (ExaBGP + agent) ─┤
+     ...                   ├─ upstream (BIRD, AS 65000, forwarding on) ── etcd (one member)
+    popN (ExaBGP + agent) ─┘
 
-Every PoP is AS 65001 and announces 192.0.2.10/32 (MEDs 100/200/300) while its two edge
-servers answer; its agent's config carries a `fleet:` key pointing at the etcd member
-(198.51.100.14:2379), reached through the upstream like any host behind it (the etcd node
+Every PoP is AS 65001 and announces 192.0.2.10/32 (MEDs 100, 200, ...) while its two edge
+servers answer; its agent's config carries a `fleet:` key with its region and the etcd member
+(198.51.100.4N+2:2379, reached through the upstream like any host behind it; the etcd node
 stands where the two-PoP lab's client is). Each agent's control endpoint is a unix socket in the
-work dir, so the test reads status and metrics from the root namespace.
+work dir, so the tests read status and metrics from the root namespace; `ctl/` keys are written
+with the agent's own `EtcdClient`, run inside the etcd namespace (`FleetLab.ctl_put`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,11 +60,16 @@ FLEET_PREFIX = "/anycast/v1/"
 DEPREFERRED_MED = 4294967294
 GRACEFUL_SHUTDOWN = "65535:0"
 DEPREFER_PREPENDS = 4
+DEFAULT_REGION = "eu"
+MAX_POPS = 20  # the addressing plan's room: uplinks 198.51.100.0/30.., edges 203.0.113.N1-N2
 
 
 @dataclass(frozen=True)
 class FleetDescription(TwoPopDescription):
-    """The two-PoP description's shape with N PoPs; `client` is the etcd node's endpoint."""
+    """The two-PoP description's shape with N PoPs; `client` is the etcd node's endpoint.
+
+    `regions` pairs PoPs with their `fleet.region` (a PoP not listed is in `DEFAULT_REGION`);
+    `drain_grace_s` sets `defaults.drain_grace` (the agent's default when None)."""
 
     etcd_port: int = ETCD_PORT
     min_pops: int = 2
@@ -70,6 +78,8 @@ class FleetDescription(TwoPopDescription):
     lease_ttl_s: float = 3.0
     etcd_timeout_s: float = 0.5
     stale_after_s: float = 2.0
+    regions: tuple[tuple[str, str], ...] = ()
+    drain_grace_s: float | None = None
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -83,10 +93,17 @@ class FleetDescription(TwoPopDescription):
     def etcd_url(self) -> str:
         return f"http://{self.etcd_address}:{self.etcd_port}"
 
-    def fleet_config(self) -> dict[str, Any]:
+    def region_of(self, pop_name: str) -> str:
+        self.pop(pop_name)  # KeyError for an unknown PoP
+        return dict(self.regions).get(pop_name, DEFAULT_REGION)
+
+    def region_pops(self, region: str) -> list[str]:
+        return [p.name for p in self.pops if self.region_of(p.name) == region]
+
+    def fleet_config(self, pop_name: str | None = None) -> dict[str, Any]:
         return {
             "endpoints": [self.etcd_url],
-            "region": "eu",
+            "region": DEFAULT_REGION if pop_name is None else self.region_of(pop_name),
             "min_pops": self.min_pops,
             "budget": {"slots": self.budget_slots, "window": f"{self.budget_window_s:g}s"},
             "lease_ttl": f"{self.lease_ttl_s:g}s",
@@ -104,8 +121,10 @@ class FleetDescription(TwoPopDescription):
     ) -> dict[str, Any]:
         """The two-PoP agent config plus `fleet:` and a unix-socket control endpoint."""
         data = super().agent_config(pop_name, timers=timers, state_dir=state_dir, ramp=ramp)
-        data["fleet"] = self.fleet_config()
+        data["fleet"] = self.fleet_config(pop_name)
         data["control"] = {"listen": f"unix:{control_socket(state_dir)}"}
+        if self.drain_grace_s is not None:
+            data["defaults"]["drain_grace"] = f"{self.drain_grace_s:g}s"
         return data
 
 
@@ -115,15 +134,26 @@ def control_socket(state_dir: str | Path) -> Path:
     return state.with_name(f"{state.name}.sock")
 
 
-def build_fleet(pops: int = 3, min_pops: int = 2) -> FleetDescription:
-    """Uplinks are the /30s 198.51.100.{0,4,8}/30 (upstream .1/.5/.9), edges 203.0.113.N1-N2
-    for PoP N, the etcd link 198.51.100.12/30 (upstream .13, etcd .14)."""
-    if not 1 <= pops <= 3:
-        raise ValueError("the addressing plan has room for 1 to 3 PoPs")
+def build_fleet(
+    pops: int = 3,
+    min_pops: int = 2,
+    *,
+    regions: Sequence[str] | None = None,
+    drain_grace_s: float | None = None,
+) -> FleetDescription:
+    """PoP N's uplink is 198.51.100.4(N-1)/30 (upstream .1, PoP .2), its edges 203.0.113.N1-N2;
+    the etcd link is the next /30 (with 3 PoPs: 198.51.100.12/30, upstream .13, etcd .14).
+    `regions` names each PoP's region in order (all in `DEFAULT_REGION` when None)."""
+    if not 1 <= pops <= MAX_POPS:
+        raise ValueError(f"the addressing plan has room for 1 to {MAX_POPS} PoPs")
+    if regions is not None and len(regions) != pops:
+        raise ValueError(f"{len(regions)} regions for {pops} PoPs")
     specs = []
     links = []
     routes = []
-    etcd_net = "198.51.100.12/30"
+    etcd_base = 4 * pops
+    etcd_net = f"198.51.100.{etcd_base}/30"
+    etcd_gateway = f"198.51.100.{etcd_base + 1}"
     for index in range(pops):
         name = f"pop{index + 1}"
         base = 4 * index
@@ -140,10 +170,10 @@ def build_fleet(pops: int = 3, min_pops: int = 2) -> FleetDescription:
             )
         )
         routes.append(StaticRoute(name, etcd_net, f"198.51.100.{base + 1}"))
-    etcd = Endpoint(ETCD_NODE, "eth1", "198.51.100.14/30")
-    links.append(VethLink(Endpoint("upstream", "eth9", "198.51.100.13/30"), etcd))
-    # Back to every PoP uplink (198.51.100.0/29 and .8/30) through the upstream.
-    routes.append(StaticRoute(ETCD_NODE, "198.51.100.0/28", "198.51.100.13"))
+    etcd = Endpoint(ETCD_NODE, "eth1", f"198.51.100.{etcd_base + 2}/30")
+    links.append(VethLink(Endpoint("upstream", f"eth{pops + 1}", f"{etcd_gateway}/30"), etcd))
+    # Back to every PoP uplink through the upstream (its own /30 is the more specific route).
+    routes.append(StaticRoute(ETCD_NODE, "198.51.100.0/24", etcd_gateway))
     return FleetDescription(
         links=tuple(links),
         routes=tuple(routes),
@@ -151,6 +181,8 @@ def build_fleet(pops: int = 3, min_pops: int = 2) -> FleetDescription:
         client=etcd,
         upstream_router_id="198.51.100.1",
         min_pops=min_pops,
+        regions=tuple(zip((p.name for p in specs), regions or (), strict=False)),
+        drain_grace_s=drain_grace_s,
     )
 
 
@@ -164,6 +196,21 @@ data = body.encode() or None
 req = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
 with urllib.request.urlopen(req, timeout=float(sys.argv[4])) as r:
     sys.stdout.write(r.read().decode())
+"""
+
+
+# Run inside a namespace: one put or delete with the agent's own etcd client; prints the
+# revision etcd answered with.
+_CLIENT_CALL = """
+import asyncio, json, sys
+from anycast_agent.fleet.etcd_http import EtcdClient
+url, op, key, value, timeout = sys.argv[1:6]
+async def call():
+    async with EtcdClient([url], timeout_s=float(timeout)) as client:
+        if op == "put":
+            return await client.put(key, value.encode())
+        return await client.delete(key)
+sys.stdout.write(json.dumps({"revision": asyncio.run(call())}))
 """
 
 
@@ -261,6 +308,21 @@ class EtcdMember:
         answer: dict[str, Any] = json.loads(proc.stdout)
         return answer
 
+    def write(
+        self, op: str, key: str, value: str = "", *, via: Netns, timeout_s: float = 2.0
+    ) -> int:
+        """A put (`op` "put") or delete of `key` by `EtcdClient`, run inside `via`; the
+        revision of the write."""
+        proc = via.run(
+            [sys.executable, "-c", _CLIENT_CALL, self.url, op, key, value, str(timeout_s)],
+            check=False,
+            timeout_s=timeout_s + 10.0,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"etcd {op} {key} from {via.name}: {proc.stderr.strip()[-300:]}")
+        revision: int = json.loads(proc.stdout)["revision"]
+        return revision
+
     def healthy(self, via: Netns) -> bool:
         self._check_alive()
         return self.call("/health", via=via).get("health") == "true"
@@ -352,6 +414,25 @@ def fleet_mode_in_metrics(text: str) -> str | None:
             if sample.name.endswith("fleet_mode") and sample.value == 1.0:
                 return sample.labels.get("mode")
     return None
+
+
+@dataclass(frozen=True)
+class VipPath:
+    """What the upstream holds from one PoP for the VIP."""
+
+    med: int | None
+    as_path: tuple[int, ...]
+    gshut: bool
+
+    def __str__(self) -> str:
+        return f"med {self.med} aspath x{len(self.as_path)}{' gshut' if self.gshut else ''}"
+
+
+View = dict[str, VipPath]  # by PoP; a PoP without a path is missing
+
+
+def show_view(v: View) -> str:
+    return ", ".join(f"{pop}: {path}" for pop, path in v.items()) or "no path"
 
 
 class FleetPop(PopNode):
@@ -460,6 +541,38 @@ class FleetLab(TwoPopLab):
 
     # -- observations ------------------------------------------------------------------------
 
+    def view(self) -> View:
+        """Every PoP's path for the VIP at the upstream, sorted by PoP."""
+        return {
+            pop: VipPath(r.med, r.as_path, GRACEFUL_SHUTDOWN in r.communities)
+            for pop, r in sorted(self.vip_routes().items())
+        }
+
+    def normal_path(self, pop: str) -> VipPath:
+        """Announced at the PoP's own MED, AS path of one, no GRACEFUL_SHUTDOWN."""
+        return VipPath(self.fleet.pop(pop).med, (self.fleet.pop_as,), False)
+
+    def depreferred_path(self) -> VipPath:
+        """A drain's or a refused withdraw's path: max MED, GRACEFUL_SHUTDOWN, AS path x4."""
+        return VipPath(DEPREFERRED_MED, (self.fleet.pop_as,) * DEPREFER_PREPENDS, True)
+
+    def path_letter(self, pop: str, path: VipPath | None) -> str:
+        """A for a normal path, D de-preferred, W none, Rn a staged re-announce (AS path xn);
+        a trailing + when announced at another MED than the PoP's own (a capacity penalty)."""
+        if path is None:
+            return "W"
+        if path == self.depreferred_path():
+            return "D"
+        prepends = len(path.as_path)
+        letter = f"R{prepends}" if prepends > 1 else "A"
+        return letter if path.med == self.fleet.pop(pop).med else letter + "+"
+
+    def letters(self, v: View) -> dict[str, str]:
+        return {p.name: self.path_letter(p.name, v.get(p.name)) for p in self.fleet.pops}
+
+    def normal_pops(self, v: View) -> set[str]:
+        return {pop for pop, path in v.items() if path == self.normal_path(pop)}
+
     def vip_routes(self) -> dict[str, BirdRoute]:
         """Every path the upstream holds for the VIP, by PoP."""
         return {
@@ -475,12 +588,58 @@ class FleetLab(TwoPopLab):
     def session_states(self) -> dict[str, str]:
         return {pop.name: self.bird.protocol_state(pop.session) for pop in self.fleet.pops}
 
+    def sessions(self) -> dict[str, tuple[str, ImportCounters]]:
+        """Per PoP session at the upstream: its BGP state and import counters (one birdc call
+        each)."""
+        out = {}
+        for pop in self.fleet.pops:
+            status = self.bird.protocol(pop.session)
+            out[pop.name] = (status.bgp_state or status.state, status.import_counters())
+        return out
+
     def fleet_modes(self) -> dict[str, str | None]:
         return {name: pop.fleet_mode() for name, pop in self.fleet_pops.items()}
 
     def fleet_keys(self) -> dict[str, str]:
         """The fleet's keys in etcd (read from the etcd namespace)."""
         return self.etcd.range_prefix(FLEET_PREFIX, via=self.ns(ETCD_NODE))
+
+    def ctl_put(self, key: str, value: dict[str, Any]) -> int:
+        """Put `<prefix><key>` (e.g. `ctl/intent/region/eu`) as JSON; the write's revision."""
+        return self.etcd.write("put", FLEET_PREFIX + key, json.dumps(value), via=self.ns(ETCD_NODE))
+
+    def ctl_delete(self, key: str) -> int:
+        """Delete `<prefix><key>`; the write's revision."""
+        return self.etcd.write("delete", FLEET_PREFIX + key, via=self.ns(ETCD_NODE))
+
+    def published(self, service: str | None = None) -> dict[str, str | None]:
+        """What each PoP published for `service` (the lab's by default): A/D/W/S or None."""
+        keys = self.fleet_keys()
+        svc = service or self.fleet.service
+        return {p.name: keys.get(f"{FLEET_PREFIX}svc/{svc}/pop/{p.name}") for p in self.fleet.pops}
+
+    def acked_revisions(self) -> dict[str, int | None]:
+        """Each PoP's `ctl_rev_applied` from its `pops/<pop>` key (None: no key or field)."""
+        keys = self.fleet_keys()
+        out: dict[str, int | None] = {}
+        for pop in self.fleet.pops:
+            raw = keys.get(f"{FLEET_PREFIX}pops/{pop.name}")
+            try:
+                rev = json.loads(raw)["ctl_rev_applied"] if raw else None
+            except (ValueError, KeyError, TypeError):
+                rev = None
+            out[pop.name] = rev if isinstance(rev, int) else None
+        return out
+
+    def wait_acked(self, revision: int, timeout_s: float = 10.0) -> float:
+        """Until every PoP acknowledged a `ctl/` revision ≥ `revision`; the seconds it took."""
+        return wait_for(
+            self.acked_revisions,
+            lambda revs: all(r is not None and r >= revision for r in revs.values()),
+            timeout_s=timeout_s,
+            interval_s=0.1,
+            what=f"every PoP's ctl_rev_applied >= {revision}",
+        )
 
     def kill_all_edges(self) -> float:
         """SIGKILL every edge of every PoP at once; the monotonic time of the kill."""
