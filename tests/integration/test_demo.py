@@ -49,3 +49,29 @@ def test_demo_prints_timeline_and_cleans_up() -> None:
     assert re.search(r"withdraw seen at the upstream \d+ ms after the kill", text)
     assert re.search(r"client-observed gap pop1 -> pop2: +\d+ ms", text)
     assert "teardown: every namespace deleted" in text
+
+
+def test_fleet_demo_prints_its_three_acts_and_cleans_up() -> None:
+    """`make demo-fleet`: the correlated failure keeps K PoPs, the region drain and the ramp
+    complete, and no namespace is left."""
+    require_lab("5.0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.lab.fleetdemo", "--quick"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    made = re.search(r"^namespaces: (.+)$", proc.stdout, re.MULTILINE)
+    assert made, proc.stdout
+    lab_id = made[1].split(", ")[0].rsplit("-", 1)[0]
+    assert not [n for n in list_namespaces() if n.startswith(lab_id + "-")]
+    text = proc.stdout
+    assert re.search(r"guard: 2 PoPs kept \(de-preferred\): pop\d, pop\d", text), text
+    assert re.search(r"region drain eu: withdrawn [\d.]+ s after the put", text), text
+    assert re.search(r"ramp: 25% 1 PoP\(s\) in [\d.]+ s, 50% 2 PoP\(s\) in [\d.]+ s, 100% 4", text)
+    assert "teardown: every namespace deleted" in text
