@@ -39,6 +39,11 @@ def mem_available_kib() -> int:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
+def loadavg() -> float:
+    """The 1-minute load average: other jobs sharing the machine show here."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def machine() -> dict[str, object]:
     """Cores and CPU model, for the report."""
     model = "unknown"

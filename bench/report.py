@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from bench.haproxy import haproxy_version
+
 COLUMNS = (
     ("engine", "engine"),
     ("mode", "mode"),
@@ -47,6 +49,7 @@ def versions(python: str) -> dict[str, str]:
         found["anycast-agent"] = f"{anycast_agent.__version__} (source tree)"
     found["nginx"] = first_line(["nginx", "-v"])
     found["curl"] = first_line(["curl", "--version"])
+    found["haproxy"] = haproxy_version()
     found["kernel"] = platform.release()
     found["interpreter"] = python
     return found
@@ -66,11 +69,29 @@ def ratio(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
     return out
 
 
+def haproxy_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The agent's CPU per probe over HAProxy's (fresh checks), per mode, at each size both
+    ran in this run (below 1: the agent is the cheaper)."""
+    out = []
+    for base in rows:
+        if base.get("engine") != "haproxy" or not base.get("cpu_ms_per_probe"):
+            continue
+        entry: dict[str, Any] = {"n": base["n"], "haproxy_ms": base["cpu_ms_per_probe"]}
+        for mode in ("fresh", "keepalive"):
+            agent = _row(rows, "anycast-agent", mode, base["n"])
+            if agent is not None and agent.get("cpu_ms_per_probe"):
+                entry[mode] = round(agent["cpu_ms_per_probe"] / base["cpu_ms_per_probe"], 2)
+        out.append(entry)
+    return out
+
+
 def targets(
     rows: Sequence[dict[str, Any]],
     ratios: dict[str, Any],
     big: int,
     detection: dict[str, Any] | None = None,
+    haproxy: Sequence[dict[str, Any]] = (),
+    fast: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured figure and whether it holds."""
     checks: list[dict[str, Any]] = []
@@ -95,6 +116,20 @@ def targets(
     if detection is not None and detection.get("n") == big and "decision_to_upstream_ms" in agent:
         p99 = agent["decision_to_upstream_ms"]["p99"]
         add(f"decision -> upstream RIB p99 ms, N={big}", p99, "< 50", p99 < 50)
+    for entry in haproxy:
+        if entry["n"] != big:
+            continue
+        if "fresh" in entry:
+            add(f"fresh N={big} CPU/probe / HAProxy's", entry["fresh"], "≤ 1.0",
+                entry["fresh"] <= 1.0)  # fmt: skip
+        if "keepalive" in entry:
+            add(f"keepalive N={big} CPU/probe / HAProxy's fresh", entry["keepalive"], "≤ 0.5",
+                entry["keepalive"] <= 0.5)  # fmt: skip
+    for case in (fast or {}).get("cases", []):
+        figure = case["engines"].get("anycast-agent", {}).get("inject_to_upstream_ms")
+        if case["interval_s"] < 1 and case["fault_kind"] == "refuse" and figure:
+            add(f"fast mode N={case['n']} refused: injection -> upstream p99 ms", figure["p99"],
+                "< 400", figure["p99"] < 400)  # fmt: skip
     return checks
 
 
@@ -112,6 +147,30 @@ def _cell(value: Any) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The tables of the parts this run measured."""
+    parts = set(result["plan"]["parts"])
+    lines: list[str] = []
+    if "scale" in parts:
+        lines += scale_markdown(result)
+    if result["targets"]:
+        lines += ["", "| target | measured | limit | holds |", "|---|---|---|---|"]
+        for t in result["targets"]:
+            holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
+            lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
+    if "detection" in parts:
+        lines += ["", *detection_markdown(result["detection"])]
+    if "fast" in parts:
+        lines += ["", *fast_markdown(result["fast_detection"])]
+    if "control" in parts:
+        section = result["control_plane"]
+        if "skipped" in section:
+            lines += ["", f"control-plane bench skipped: {section['skipped']}"]
+        else:
+            lines += ["", f"control-plane: `{section}`"]
+    return "\n".join(lines).lstrip("\n")
+
+
+def scale_markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -129,25 +188,15 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     lines += [""] + [f"- {note}" for note in notes] if notes else []
     ratios = result["ratios"]
-    figures = ", ".join(f"{k} {v}x" for k, v in ratios.items() if k not in ("n", "note"))
-    lines += [
-        "",
-        f"Healthcheck CPU per probe / agent's, N={ratios['n']} (same run): "
-        + (figures or ratios.get("note", "-")),
-    ]
-    if result["targets"]:
-        lines += ["", "| target | measured | limit | holds |", "|---|---|---|---|"]
-        for t in result["targets"]:
-            holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
-            lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
-    lines += ["", *detection_markdown(result["detection"])]
-    for part in ("control_plane",):
-        section = result[part]
-        if "skipped" in section:
-            lines += ["", f"{part.replace('_', '-')} bench skipped: {section['skipped']}"]
-        else:
-            lines += ["", f"{part.replace('_', '-')}: `{section}`"]
-    return "\n".join(lines)
+    if result["plan"]["baseline_sizes"]:
+        figures = ", ".join(f"{k} {v}x" for k, v in ratios.items() if k not in ("n", "note"))
+        lines += [
+            "",
+            f"Healthcheck CPU per probe / agent's, N={ratios['n']} (same run): "
+            + (figures or ratios.get("note", "-")),
+        ]
+    lines += haproxy_markdown(result.get("haproxy_ratios", []))
+    return lines
 
 
 DETECTION_COLUMNS = (
@@ -156,6 +205,57 @@ DETECTION_COLUMNS = (
     ("inject_to_decision_ms", "injection → decision"),
     ("decision_to_command_ms", "decision → withdraw logged by the agent"),
 )
+
+
+def haproxy_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
+    if not entries:
+        return []
+    lines = [
+        "",
+        "Agent CPU per probe / HAProxy's (fresh checks), measured one after the other in this "
+        "run (below 1: the agent is the cheaper):",
+        "",
+        "| N | HAProxy ms/probe | agent fresh / HAProxy | agent keep-alive / HAProxy fresh |",
+        "|---|---|---|---|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['n']} | {e['haproxy_ms']} | {_cell(e.get('fresh'))} | "
+            f"{_cell(e.get('keepalive'))} |"
+        )
+    return lines
+
+
+def fast_markdown(section: dict[str, Any]) -> list[str]:
+    if "skipped" in section:
+        return [f"fast-mode detection bench skipped: {section['skipped']}"]
+    lines = [
+        f"Detection by timing, the agent alone, N={section['n']} targets, {section['trials']} "
+        "trials per case, one lab (cases one after the other); floor = fall x interval:",
+        "",
+        "| interval / timeout | fall | fault | trials done | injection → upstream RIB p50 / "
+        "p99 ms | the same minus the floor p50 / p99 ms | injection → decision p50 / p99 ms | "
+        "decision → upstream RIB p50 / p99 ms | min-max injection → upstream ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in section["cases"]:
+        e = case["engines"].get("anycast-agent", {})
+
+        def pair(key: str, e: dict[str, Any] = e) -> str:
+            figure = e.get(key)
+            return f"{figure['p50']} / {figure['p99']}" if figure else "-"
+
+        spread = e.get("inject_to_upstream_ms")
+        lines.append(
+            f"| {case['interval_s'] * 1000:g} / {case['timeout_s'] * 1000:g} ms | "
+            f"{case['fall']} | {case['fault']} | {e.get('completed', 0)} of {case['trials']} | "
+            f"{pair('inject_to_upstream_ms')} | {pair('inject_to_upstream_over_floor_ms')} | "
+            f"{pair('inject_to_decision_ms')} | {pair('decision_to_upstream_ms')} | "
+            + (f"{spread['min']} to {spread['max']} |" if spread else "- |")
+        )
+        for error in e.get("errors", [])[:3]:
+            lines.append(f"| {case['label']} | error: {error} |")
+    return lines
 
 
 def detection_markdown(section: dict[str, Any]) -> list[str]:
@@ -195,7 +295,9 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
 ## Machine and versions
 - {m["cores"]} cores, {m["cpu_model"]}, {m["mem_total_mib"]} MiB, kernel {m["kernel"]}
 - Python {v["python"]}, anycast-agent {v["anycast-agent"]}, ExaBGP {v["exabgp"]},
-  aiohttp {v["aiohttp"]}, {v["nginx"]}, {v["curl"]}
+  aiohttp {v["aiohttp"]}, {v["nginx"]}, {v["curl"]}, {v["haproxy"]}
+- Runtime {result["runtime_s"]} s; 1-minute load average {result["loadavg"]["before"]} at the
+  start, {result["loadavg"]["after"]} at the end (other jobs may share the machine)
 
 ## What is measured
 - **Probe scale**: N HTTP targets (`http://[2001:db8:b::X]:8080/health`, one `local` route
@@ -212,6 +314,13 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   at the same interval/rise/fall. CPU includes the curl children (reaped, so counted in the
   parent's cumulative times); probes are counted at nginx. Never more processes than free
   memory allows.
+- **HAProxy** ({v["haproxy"]}), the C event-loop yardstick: the same N targets as `server`
+  lines of one backend with `check inter 1s fall 3 rise 2`, `option httpchk` (`GET /health
+  HTTP/1.1`, expect 200), `timeout check 800ms`, `nbthread 1`, a dummy frontend (it does not
+  start without one) and `maxconn 256`; its checks open a fresh connection every time, so it
+  compares with the agent's fresh mode. Each size runs just before the agent's runs at that
+  size, with the same warm-up and window; its CPU is user + system time from /proc, probes
+  are counted at nginx, RSS is its VmHWM; the stats socket confirms its servers are up.
 - **Modes**: `fresh` (default: a new connection per probe), `keepalive` (`http.keepalive:
   true`: one connection per target, re-opened at least every 30 probes, so a server that stops
   accepting connections is still detected within 30 + fall probes).
@@ -228,6 +337,12 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   (`--withdraw-on-down`, curl, same interval/rise/fall, no background checks: each of its
   checks is a process of its own); it logs no timestamped decision. With 20 trials p99 is the
   slowest trial (nearest rank).
+- **Fast-mode detection**: the same lab and trials as *Detection*, the agent alone (ExaBGP's
+  healthcheck takes its timeout in whole seconds), 200 targets at `interval: 100ms`,
+  `timeout: 80ms`, `fall: 3`, `rise: 2`, for a refused connection (`reject with tcp reset`)
+  and a silent drop (`drop`: each probe waits for its timeout), then the default 1 s timing
+  with the refused connection, all in one lab one after the other. *Floor* is fall x interval:
+  no engine that needs `fall` failed probes withdraws sooner after a fault than about that.
 - The agent's HTTP probes here are callback probes on the probe engine (one timer heap, one
   epoll set, no coroutine per check; fresh connections closed with a reset), and the heap is
   frozen after start (`gc.freeze`): docs/design-notes.md says why, from py-spy profiles.
