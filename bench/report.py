@@ -212,8 +212,9 @@ def haproxy_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "Agent CPU per probe / HAProxy's (fresh checks), measured one after the other in this "
-        "run (below 1: the agent is the cheaper):",
+        "Agent CPU per probe / HAProxy's (`server` lines with `check inter 1s`, `option "
+        "httpchk` GET /health, `nbthread 1`: a fresh connection per check), each N measured "
+        "just before the agent's at that N in this run (below 1: the agent is the cheaper):",
         "",
         "| N | HAProxy ms/probe | agent fresh / HAProxy | agent keep-alive / HAProxy fresh |",
         "|---|---|---|---|",
@@ -231,7 +232,10 @@ def fast_markdown(section: dict[str, Any]) -> list[str]:
         return [f"fast-mode detection bench skipped: {section['skipped']}"]
     lines = [
         f"Detection by timing, the agent alone, N={section['n']} targets, {section['trials']} "
-        "trials per case, one lab (cases one after the other); floor = fall x interval:",
+        "trials per case, one lab (cases one after the other), upstream GoBGP. Floor = fall x "
+        "interval, as issue 18 states it; the fall-th failed probe comes (fall - 1) x interval "
+        "after the first, which comes 0 to 1 interval after the fault (plus the timeout when "
+        "the fault is a drop), so the figure minus the floor may be below 0:",
         "",
         "| interval / timeout | fall | fault | trials done | injection → upstream RIB p50 / "
         "p99 ms | the same minus the floor p50 / p99 ms | injection → decision p50 / p99 ms | "
