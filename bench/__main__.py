@@ -23,13 +23,14 @@ from bench.detection import (
     run_detection,
     run_fast_detection,
 )
+from bench.knee import KneePlan, run_knee
 from bench.probe_scale import ScalePlan, run_probe_scale
 from bench.procstat import loadavg, machine
 from bench.report import haproxy_ratios, markdown, performance_doc, ratio, targets, versions
 from bench.sections import dated_section, kept_dated_sections, with_dated_section
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("scale", "detection", "fast", "control")
+PARTS = ("scale", "detection", "fast", "knee", "control")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fast-slow-faults", default="refuse", help="faults at 1 s, beside them (may be empty)"
     )
+    p.add_argument("--knee-modes", default="keepalive,fresh")
+    p.add_argument("--knee-start", type=int, default=2000, help="the knee search's first N")
+    p.add_argument("--knee-ceiling", type=int, default=8000, help="the knee search's largest N")
+    p.add_argument("--knee-max-runs", type=int, default=7, help="knee steps per mode at most")
+    p.add_argument("--knee-window", type=float, default=10.0, help="each knee step's window")
     p.add_argument("--smoke", action="store_true", help="N=20 for a few seconds (CI)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         args.trials, args.detection_n = 2, 20
         # The 1 s timing is the detection part's already: the fast part's own cases only.
         args.fast_n, args.fast_trials, args.fast_slow_faults = 20, 2, ""
+        args.knee_modes, args.knee_start, args.knee_ceiling = "fresh", 20, 30
+        args.knee_max_runs, args.knee_window = 2, 3.0
     plan = ScalePlan(
         sizes=args.sizes,
         modes=tuple(m for m in args.modes.split(",") if m),
@@ -164,6 +172,20 @@ def run_all(
         print(f"fast-mode detection: N={fplan.n}, {fplan.trials} trials per case, "
               f"faults {fplan.faults} at 100 ms, {fplan.slow_faults} at 1 s")  # fmt: skip
         fast = run_fast_detection(work, fplan)
+    knee: dict[str, Any] = {"skipped": "not requested (--parts)"}
+    if "knee" in args.parts:
+        kplan = KneePlan(
+            python=args.python,
+            modes=tuple(m for m in args.knee_modes.split(",") if m),
+            start=args.knee_start,
+            ceiling=args.knee_ceiling,
+            max_runs=args.knee_max_runs,
+            warmup_s=plan.warmup_s,
+            window_s=args.knee_window,
+        )
+        print(f"knee: modes {kplan.modes}, N from {kplan.start} up to {kplan.ceiling}, "
+              f"at most {kplan.max_runs} steps per mode")  # fmt: skip
+        knee = run_knee(work, kplan)
     control: dict[str, Any] = {"skipped": "not requested (--parts)"}
     if "control" in args.parts:
         control = run_control_plane(work, big, args.python, plan.warmup_s)
@@ -192,6 +214,7 @@ def run_all(
         ),
         "detection": detection,
         "fast_detection": fast,
+        "knee": knee,
         "control_plane": control,
     }
 

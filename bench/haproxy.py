@@ -69,7 +69,8 @@ def haproxy_version() -> str:
         )
     except OSError:
         return "not installed"
-    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    # "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/": up to the dash
+    return out.stdout.strip().splitlines()[0].split(" - ")[0] if out.stdout.strip() else ""
 
 
 def haproxy_conf(n: int, root: Path, timing: Timing) -> str:

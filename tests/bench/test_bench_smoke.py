@@ -50,7 +50,7 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     (out,) = tmp_path.glob("*-smoke.json")
     result = json.loads(out.read_text())
     assert {"date", "runtime_s", "machine", "versions", "plan", "probe_scale", "ratios",
-            "haproxy_ratios", "targets", "detection", "fast_detection",
+            "haproxy_ratios", "targets", "detection", "fast_detection", "knee",
             "control_plane"} <= result.keys()  # fmt: skip
     agent_rows = [r for r in result["probe_scale"] if r["engine"] == "anycast-agent"]
     assert {r["mode"] for r in agent_rows} == {"fresh", "keepalive"}
@@ -91,6 +91,9 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
         assert "Detection by timing" in proc.stdout
     else:
         assert "skipped" in fast
+    knee = result["knee"]["modes"]["fresh"]
+    assert 1 <= len(knee["steps"]) <= 2 and {s["n"] for s in knee["steps"]} <= {20, 30}, knee
+    assert "The knee" in proc.stdout
     assert "command: python -m bench --smoke" in proc.stdout
     assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
