@@ -76,7 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     p.add_argument("--python", default=sys.executable, help="interpreter with the agent")
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: print the tables of an earlier run's results file and write "
+        "them to --docs as that run would have",
+    )
     args = p.parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        write_docs(args.docs, result, markdown(result), args.render, smoke=False)
+        return 0
     args.parts = {part for part in args.parts.split(",") if part}
     if unknown := args.parts - set(PARTS):
         p.error(f"unknown --parts {sorted(unknown)}; choose from {','.join(PARTS)}")
@@ -117,23 +128,32 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{now:%Y-%m-%dT%H%M%SZ}{'-smoke' if args.smoke else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
+    write_docs(args.docs, result, table, out, smoke=args.smoke)
+    return 0
+
+
+def write_docs(
+    docs: Path, result: dict[str, Any], table: str, results: Path, *, smoke: bool
+) -> None:
+    """Print the tables and the command; write them to `docs` (not for a smoke run)."""
     print(table)
     print(f"\ncommand: {result['command']} (ran {result['runtime_s']:g} s)")
-    print(f"results: {out}")
-    rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    old = args.docs.read_text() if args.docs.exists() else ""
-    if args.smoke:
+    print(f"results: {results}")
+    rel = results.resolve()
+    rel = rel.relative_to(ROOT) if rel.is_relative_to(ROOT) else rel
+    old = docs.read_text() if docs.exists() else ""
+    parts = result["plan"]["parts"]
+    if smoke:
         print("docs/performance.md not updated (smoke run)")
-    elif args.parts != set(PARTS):
+    elif set(parts) != set(PARTS):
         # A partial run writes its own dated section (replacing one of the same parts).
         section = dated_section(result, table, str(rel))
-        args.docs.write_text(with_dated_section(old, result["plan"]["parts"], section))
-        print(f"updated the section for parts {','.join(result['plan']['parts'])} of {args.docs}")
+        docs.write_text(with_dated_section(old, parts, section))
+        print(f"updated the section for parts {','.join(parts)} of {docs}")
     else:
         # A full run rewrites the document and keeps the partial runs' dated sections.
-        args.docs.write_text(performance_doc(result, table, str(rel)) + kept_dated_sections(old))
-        print(f"updated: {args.docs}")
-    return 0
+        docs.write_text(performance_doc(result, table, str(rel)) + kept_dated_sections(old))
+        print(f"updated: {docs}")
 
 
 def run_all(

@@ -132,6 +132,7 @@ def run_haproxy(
         cpu_s=round(cpu_s, 3),
         cpu_ms_per_probe=round(1000 * cpu_s / probes, 3) if probes else None,
         cpu_pct_one_core=round(100 * cpu_s / wall_s, 1),
+        cpu_sys_share=round((after.sys_s - before.sys_s) / cpu_s, 2) if cpu_s else None,
         rss_mib=round(after.hwm_kib / 1024, 1),
         jitter_p50_ms=None,
         jitter_p99_ms=None,

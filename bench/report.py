@@ -17,6 +17,7 @@ COLUMNS = (
     ("probes_per_s", "probes/s"),
     ("cpu_ms_per_probe", "CPU ms/probe"),
     ("cpu_pct_one_core", "CPU % of 1 core"),
+    ("cpu_sys_share", "of it in the kernel"),
     ("rss_mib", "RSS MiB"),
     ("jitter_p50_ms", "jitter p50 ms"),
     ("jitter_p99_ms", "jitter p99 ms"),

@@ -28,11 +28,13 @@ def dated_section(result: dict[str, Any], table: str, results_file: str) -> str:
     return f"""{BEGIN.format(key=key)}
 ## Parts {key}, measured alone ({result["date"]})
 
-`{result["command"]}` on {result["date"]}, {result["runtime_s"]} s; the figures are copied
-by the bench from that run ({results_file}) and never edited by hand. Machine: {m["cores"]}
-cores, {m["cpu_model"]}, kernel {m["kernel"]}, Python {v["python"]}, {v.get("haproxy", "-")};
-other jobs may share it (1-minute load average {load["before"]} at the start, {load["after"]}
-at the end): compare figures within this run, side by side, not with another run's.
+`{result["command"]}`, {result["date"]}, ran {result["runtime_s"]} s. The figures are
+copied by the bench from that run ({results_file}) and never edited by hand.
+
+Machine: {m["cores"]} cores, {m["cpu_model"]}, kernel {m["kernel"]}; Python {v["python"]};
+{v.get("haproxy", "HAProxy -")}. Other jobs may share the machine (1-minute load average
+{load["before"]} at the start, {load["after"]} at the end): compare figures within this run,
+side by side, not with another run's.
 
 {table}
 {END.format(key=key)}
