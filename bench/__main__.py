@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import sandbox
 from bench.control_plane import run_control_plane
 from bench.detection import (
     FAULTS,
@@ -214,6 +215,7 @@ def run_all(
         "date": now.isoformat(timespec="seconds"),
         "runtime_s": round(time.monotonic() - started),
         "loadavg": {"before": load_before, "after": loadavg()},
+        "namespaces": list(sandbox.CREATED),
         "command": "python -m bench " + shlex.join(sys.argv[1:]),
         "machine": machine(),
         "versions": versions(args.python),

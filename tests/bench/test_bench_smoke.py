@@ -65,8 +65,9 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
         assert haproxy.keys() >= ROW_FIELDS, haproxy
         assert haproxy["probes"] > 0
         assert haproxy["servers_up"] == 20, haproxy
-        (entry,) = result["haproxy_ratios"]
-        assert entry["n"] == 20 and {"fresh", "keepalive"} <= entry.keys()
+        # At N = 20 for 3 s HAProxy may use less than one clock tick (10 ms): no ratio then.
+        for entry in result["haproxy_ratios"]:
+            assert entry["n"] == 20 and {"fresh", "keepalive"} <= entry.keys()
     else:
         assert "skipped" in haproxy
     detection = result["detection"]
@@ -96,5 +97,9 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     assert "The knee" in proc.stdout
     assert "command: python -m bench --smoke" in proc.stdout
     assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
+    # Another bench on the machine may hold `aab-` namespaces of its own: only this run's count.
+    assert result["namespaces"], "the run names the namespaces it created"
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    assert "aab-" not in listed.stdout, "the bench left a namespace behind"
+    present = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    left = present & set(result["namespaces"])
+    assert not left, f"the bench left namespaces behind: {sorted(left)}"
