@@ -374,8 +374,10 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   healthcheck takes its timeout in whole seconds), 200 targets at `interval: 100ms`,
   `timeout: 80ms`, `fall: 3`, `rise: 2`, for a refused connection (`reject with tcp reset`)
   and a silent drop (`drop`: each probe waits for its timeout), then the default 1 s timing
-  with the refused connection, all in one lab one after the other. *Floor* is fall x interval:
-  no engine that needs `fall` failed probes withdraws sooner after a fault than about that.
+  with the refused connection, all in one lab one after the other. *Floor* is fall x interval,
+  as issue 18 puts it: the fall-th failed probe comes (fall - 1) x interval after the first,
+  which comes 0 to 1 interval after the fault (one timeout later for a drop), so a figure
+  minus the floor starts at about minus one interval.
 - **The knee**: the largest N at which the agent (one process: one core) holds probe jitter
   p99 < 50 ms with no missed slot and no failed probe, per mode, at interval 1 s: N grows by
   half from 2,000 until a step fails (or reaches 8,000: nginx here holds 8,192 connections),
