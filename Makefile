@@ -8,18 +8,19 @@ EXABGP_42 ?= 4.2.25
 VENV := .venv
 VENV42 := .venv-exabgp42
 PY := $(VENV)/bin/python
-APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd faketime etcd-server openssl
+APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus nginx-light curl gobgpd faketime etcd-server openssl haproxy
 
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-dns fuzz clean
+.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-scale bench-fast bench-knee bench-dns fuzz clean
 
 all: test
 
 # System packages: BIRD 2 (the lab's upstream), systemd-analyze, setpriv, promtool, and nginx,
-# curl and GoBGP for the benchmarks. Needs root, as the lab does. While installing, a
-# policy-rc.d keeps the packages' daemons (nginx, prometheus) from starting.
+# curl, GoBGP and HAProxy (the C baseline) for the benchmarks. Needs root, as the lab does.
+# While installing, a policy-rc.d keeps the packages' daemons (nginx, prometheus, haproxy)
+# from starting.
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
@@ -73,6 +74,24 @@ demo-fleet: deps venv
 # Benchmarks print their figures and the exact command; they are never pass/fail tests.
 bench: deps venv
 	$(PY) -m bench
+
+# The probe-scale part alone: the agent (fresh, keep-alive) at N = 100, 500, 2000, HAProxy's
+# checks just before it at each N, ExaBGP's healthcheck at N = 100 (about 5 minutes); writes
+# its own dated section of docs/performance.md.
+bench-scale: deps venv
+	$(PY) -m bench --parts scale
+
+# Fast-mode detection alone: 200 targets at 100 ms (timeout 80 ms, fall 3), 20 trials for a
+# refused connection and for a silent drop, then 20 at 1 s beside them (about 4 minutes);
+# writes its own dated section of docs/performance.md.
+bench-fast: deps venv
+	$(PY) -m bench --parts fast
+
+# The knee alone: the largest N (keep-alive, then fresh) at which the agent holds probe jitter
+# p99 < 50 ms with no missed slot, searched from 2,000 up to 8,000 targets (at most 7 steps
+# per mode, about 5 minutes); writes its own dated section of docs/performance.md.
+bench-knee: deps venv
+	$(PY) -m bench --parts knee
 
 # The DNS probe (dnspython) against the hand-written one it replaced, side by side.
 bench-dns: deps venv

@@ -20,6 +20,7 @@ same interval/rise/fall); it writes no timestamped decision, so only injection â
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import random
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,35 @@ class DetectionPlan:
     fault: str = "refuse"
     engines: tuple[str, ...] = ("anycast-agent", "exabgp-healthcheck")
     timing: Timing = field(default_factory=Timing)
+    label: str = "detection"  # names this case's files in the work directory
+
+
+# Fast mode as issue 18 sizes it: 100 ms probes, an 80 ms timeout, three failures to withdraw.
+FAST = Timing(interval_s=0.1, timeout_s=0.08, fall=3, rise=2)
+
+
+@dataclass(frozen=True, slots=True)
+class FastPlan:
+    """Fast-mode detection, the agent alone (ExaBGP's healthcheck counts its timeout in whole
+    seconds): each of `faults` at `FAST` timing, then each of `slow_faults` at the default 1 s
+    timing, all in one lab, so the two timings are measured side by side."""
+
+    n: int
+    trials: int
+    python: str
+    exabgp: str
+    faults: tuple[str, ...] = ("refuse", "drop")
+    slow_faults: tuple[str, ...] = ("refuse",)
+
+    def cases(self) -> list[DetectionPlan]:
+        timings = [(FAST, "fast", f) for f in self.faults]
+        timings += [(Timing(), "slow", f) for f in self.slow_faults]
+        return [
+            DetectionPlan(n=self.n, trials=self.trials, python=self.python, exabgp=self.exabgp,
+                          fault=fault, engines=("anycast-agent",), timing=timing,
+                          label=f"{name}-{fault}")
+            for timing, name, fault in timings
+        ]  # fmt: skip
 
 
 def unavailable(plan: DetectionPlan) -> str:
@@ -91,34 +122,70 @@ def unavailable(plan: DetectionPlan) -> str:
 def run_detection(work: Path, plan: DetectionPlan) -> dict[str, Any]:
     if note := unavailable(plan):
         return {"skipped": note}
-    result: dict[str, Any] = {
-        "n": plan.n,
-        "trials": plan.trials,
-        "interval_s": plan.timing.interval_s,
-        "timeout_s": plan.timing.timeout_s,
-        "fall": plan.timing.fall,
-        "rise": plan.timing.rise,
-        "fault": f"nft `{FAULTS[plan.fault]}` for {MEASURED_ADDR} port {HTTP_PORT}",
-        "upstream": _first_line([GOBGPD, "--version"]),
-        "engines": {},
-    }
+    with _lab(work) as (pop, gobgp):
+        return _case(pop, gobgp, work, plan)
+
+
+def run_fast_detection(work: Path, plan: FastPlan) -> dict[str, Any]:
+    """Every case of the plan in one lab; each with injection â†’ upstream minus fall x interval
+    (the floor: no engine can withdraw before `fall` probes have failed)."""
+    cases = plan.cases()
+    if note := unavailable(cases[0]):
+        return {"skipped": note}
+    out: dict[str, Any] = {"n": plan.n, "trials": plan.trials, "cases": []}
+    with _lab(work) as (pop, gobgp):
+        for case in cases:
+            result = _case(pop, gobgp, work, case)
+            floor_ms = 1000 * case.timing.fall * case.timing.interval_s
+            agent = result["engines"]["anycast-agent"]
+            if figure := agent.get("inject_to_upstream_ms"):
+                agent["inject_to_upstream_over_floor_ms"] = {
+                    k: round(figure[k] - floor_ms, 2) for k in ("p50", "p99", "min", "max")
+                }
+            result["floor_ms"] = round(floor_ms, 2)
+            out["cases"].append(result)
+    return out
+
+
+@contextlib.contextmanager
+def _lab(work: Path) -> Iterator[tuple[Sandbox, Gobgp]]:
+    """The two namespaces, nginx serving every target and GoBGP monitored, for one or more
+    cases."""
     with Sandbox("up") as up, Sandbox("pop") as pop:
         _link(up, pop)
         nginx = Nginx(pop, work / "nginx-detection")
         nginx.start()
         pop.ip("-6", "route", "add", "local", str(MEASURED_NET), "dev", "lo")
-        fault = Fault(pop, plan.fault)
         gobgp = Gobgp(up, work / "gobgp", address=NEIGHBOR, local_as=UPSTREAM_AS,
                       peer=LOCAL, peer_as=LOCAL_AS)  # fmt: skip
         gobgp.start()
-        for engine in plan.engines:
-            conf = (
-                _agent_exabgp_conf(work, plan)
-                if engine == "anycast-agent"
-                else _healthcheck_exabgp_conf(work, plan)
-            )
-            result["engines"][engine] = _trials(pop, gobgp, fault, work, engine, conf, plan)
-            print(f"  detection {engine} N={plan.n}: done", flush=True)
+        yield pop, gobgp
+
+
+def _case(pop: Sandbox, gobgp: Gobgp, work: Path, plan: DetectionPlan) -> dict[str, Any]:
+    t = plan.timing
+    result: dict[str, Any] = {
+        "label": plan.label,
+        "n": plan.n,
+        "trials": plan.trials,
+        "interval_s": t.interval_s,
+        "timeout_s": t.timeout_s,
+        "fall": t.fall,
+        "rise": t.rise,
+        "fault": f"nft `{FAULTS[plan.fault]}` for {MEASURED_ADDR} port {HTTP_PORT}",
+        "fault_kind": plan.fault,
+        "upstream": _first_line([GOBGPD, "--version"]),
+        "engines": {},
+    }
+    fault = Fault(pop, plan.fault)
+    for engine in plan.engines:
+        conf = (
+            _agent_exabgp_conf(work, plan)
+            if engine == "anycast-agent"
+            else _healthcheck_exabgp_conf(work, plan)
+        )
+        result["engines"][engine] = _trials(pop, gobgp, fault, work, engine, conf, plan)
+        print(f"  detection {plan.label} {engine} N={plan.n}: done", flush=True)
     return result
 
 
@@ -155,7 +222,7 @@ def _link(up: Sandbox, pop: Sandbox) -> None:
 
 
 def _agent_exabgp_conf(work: Path, plan: DetectionPlan) -> Path:
-    state = work / "state-detection"
+    state = work / f"state-{plan.label}"
     state.mkdir(parents=True, exist_ok=True)
     config = agent_config(plan.n - 1, state, timing=plan.timing)
     services: list[dict[str, Any]] = config["services"]  # type: ignore[assignment]
@@ -169,12 +236,12 @@ def _agent_exabgp_conf(work: Path, plan: DetectionPlan) -> Path:
             "targets": [{"name": TARGET, "http": {"url": MEASURED_URL}}],
         }
     )
-    agent_yaml = write_config(work / "agent-detection.yaml", config)
+    agent_yaml = write_config(work / f"agent-{plan.label}.yaml", config)
     rendered = run(
         [plan.python, "-m", "anycast_agent", "render", "exabgp", "--config", str(agent_yaml),
          "--agent", f"{plan.python} -m anycast_agent"]
     )  # fmt: skip
-    conf = work / "exabgp-agent.conf"
+    conf = work / f"exabgp-agent-{plan.label}.conf"
     conf.write_text(rendered)
     return conf
 
@@ -190,14 +257,14 @@ def _healthcheck_exabgp_conf(work: Path, plan: DetectionPlan) -> Path:
         "--rise", str(t.rise), "--fall", str(t.fall),
     ]  # fmt: skip
     # ExaBGP's `run` cannot quote an argument with spaces: go through a script.
-    script = work / "healthcheck.sh"
+    script = work / f"healthcheck-{plan.label}.sh"
     script.write_text("#!/bin/sh\nexec " + shlex.join(argv) + "\n")
     script.chmod(0o755)
     neighbor = ExabgpNeighbor(
         peer_address=NEIGHBOR, local_address=LOCAL, router_id=LOCAL, local_as=LOCAL_AS,
         peer_as=UPSTREAM_AS, hold_time_s=9, processes=("healthcheck",),
     )  # fmt: skip
-    conf = work / "exabgp-healthcheck.conf"
+    conf = work / f"exabgp-healthcheck-{plan.label}.conf"
     conf.write_text(
         render_exabgp_conf([neighbor], [ExabgpProcess("healthcheck", (str(script),), "text")])
     )
@@ -208,7 +275,7 @@ def _trials(
     pop: Sandbox, gobgp: Gobgp, fault: Fault, work: Path, engine: str, conf: Path,
     plan: DetectionPlan,
 ) -> dict[str, Any]:  # fmt: skip
-    log = work / f"exabgp-{engine}.log"
+    log = work / f"exabgp-{engine}-{plan.label}.log"
     started = time.time()
     exa = pop.spawn(
         [plan.exabgp, str(conf)],

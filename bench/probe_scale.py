@@ -1,4 +1,5 @@
-"""Probe-scale bench: N HTTP targets on nginx, the agent (dry run) and the healthcheck baseline."""
+"""Probe-scale bench: N HTTP targets on nginx, the agent (dry run) and two baselines (ExaBGP's
+healthcheck, HAProxy's checks)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.baseline import run_baseline
+from bench.haproxy import run_haproxy
 from bench.nginx import Nginx
 from bench.sandbox import Sandbox
 from bench.stats import ms, percentile
@@ -25,6 +27,7 @@ class ScalePlan:
     window_s: float
     baseline_warmup_s: float
     python: str
+    haproxy_sizes: tuple[int, ...] = ()
 
 
 def run_agent(box: Sandbox, work: Path, n: int, mode: str, plan: ScalePlan) -> dict[str, object]:
@@ -78,7 +81,8 @@ def run_agent(box: Sandbox, work: Path, n: int, mode: str, plan: ScalePlan) -> d
 
 
 def run_probe_scale(work: Path, plan: ScalePlan) -> list[dict[str, object]]:
-    """Every agent size x mode, then the baseline sizes, against one nginx in one namespace."""
+    """The healthcheck baseline sizes, then per size HAProxy (if asked at that size) and every
+    agent mode right after it, against one nginx in one namespace."""
     rows: list[dict[str, object]] = []
     with Sandbox("scale") as box:
         nginx = Nginx(box, work / "nginx")
@@ -96,7 +100,22 @@ def run_probe_scale(work: Path, plan: ScalePlan) -> list[dict[str, object]]:
                 )
             )
             print(f"  baseline N={n}: done", flush=True)
-        for n in plan.sizes:
+        for n in sorted({*plan.sizes, *plan.haproxy_sizes}):
+            if n in plan.haproxy_sizes:
+                rows.append(
+                    run_haproxy(
+                        box,
+                        nginx,
+                        work,
+                        n,
+                        timing=Timing(),
+                        warmup_s=plan.warmup_s,
+                        window_s=plan.window_s,
+                    )
+                )
+                print(f"  haproxy N={n}: done", flush=True)
+            if n not in plan.sizes:
+                continue
             for mode in plan.modes:
                 rows.append(run_agent(box, work, n, mode, plan))
                 print(f"  agent {mode} N={n}: done", flush=True)

@@ -14,6 +14,7 @@ class Usage:
     cpu_s: float  # user + system, own and reaped children's
     rss_kib: int  # resident now
     hwm_kib: int  # peak resident
+    sys_s: float = 0.0  # the system part of cpu_s (the kernel's work on the process's behalf)
 
 
 def usage(pid: int) -> Usage:
@@ -29,6 +30,7 @@ def usage(pid: int) -> Usage:
         cpu_s=(utime + stime + cutime + cstime) / TICKS_PER_S,
         rss_kib=int(status.get("VmRSS", "0 kB").split()[0]),
         hwm_kib=int(status.get("VmHWM", "0 kB").split()[0]),
+        sys_s=(stime + cstime) / TICKS_PER_S,
     )
 
 
@@ -37,6 +39,11 @@ def mem_available_kib() -> int:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1])
     raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def loadavg() -> float:
+    """The 1-minute load average: other jobs sharing the machine show here."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def machine() -> dict[str, object]:

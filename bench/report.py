@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from bench.haproxy import haproxy_version
+
 COLUMNS = (
     ("engine", "engine"),
     ("mode", "mode"),
@@ -15,6 +17,7 @@ COLUMNS = (
     ("probes_per_s", "probes/s"),
     ("cpu_ms_per_probe", "CPU ms/probe"),
     ("cpu_pct_one_core", "CPU % of 1 core"),
+    ("cpu_sys_share", "of it in the kernel"),
     ("rss_mib", "RSS MiB"),
     ("jitter_p50_ms", "jitter p50 ms"),
     ("jitter_p99_ms", "jitter p99 ms"),
@@ -47,6 +50,7 @@ def versions(python: str) -> dict[str, str]:
         found["anycast-agent"] = f"{anycast_agent.__version__} (source tree)"
     found["nginx"] = first_line(["nginx", "-v"])
     found["curl"] = first_line(["curl", "--version"])
+    found["haproxy"] = haproxy_version()
     found["kernel"] = platform.release()
     found["interpreter"] = python
     return found
@@ -66,11 +70,29 @@ def ratio(rows: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
     return out
 
 
+def haproxy_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The agent's CPU per probe over HAProxy's (fresh checks), per mode, at each size both
+    ran in this run (below 1: the agent is the cheaper)."""
+    out = []
+    for base in rows:
+        if base.get("engine") != "haproxy" or not base.get("cpu_ms_per_probe"):
+            continue
+        entry: dict[str, Any] = {"n": base["n"], "haproxy_ms": base["cpu_ms_per_probe"]}
+        for mode in ("fresh", "keepalive"):
+            agent = _row(rows, "anycast-agent", mode, base["n"])
+            if agent is not None and agent.get("cpu_ms_per_probe"):
+                entry[mode] = round(agent["cpu_ms_per_probe"] / base["cpu_ms_per_probe"], 2)
+        out.append(entry)
+    return out
+
+
 def targets(
     rows: Sequence[dict[str, Any]],
     ratios: dict[str, Any],
     big: int,
     detection: dict[str, Any] | None = None,
+    haproxy: Sequence[dict[str, Any]] = (),
+    fast: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured figure and whether it holds."""
     checks: list[dict[str, Any]] = []
@@ -79,8 +101,9 @@ def targets(
         checks.append({"target": name, "measured": value, "limit": limit, "holds": ok})
 
     fresh_ratio = ratios.get("fresh")
-    add("fresh CPU/probe vs healthcheck", fresh_ratio, "≥ 20x",
-        None if fresh_ratio is None else fresh_ratio >= 20)  # fmt: skip
+    if any(row.get("engine") == "exabgp-healthcheck" for row in rows):
+        add("fresh CPU/probe vs healthcheck", fresh_ratio, "≥ 20x",
+            None if fresh_ratio is None else fresh_ratio >= 20)  # fmt: skip
     for mode, limit in (("fresh", 60.0), ("keepalive", 30.0)):
         row = _row(rows, "anycast-agent", mode, big)
         if row is None:
@@ -95,6 +118,20 @@ def targets(
     if detection is not None and detection.get("n") == big and "decision_to_upstream_ms" in agent:
         p99 = agent["decision_to_upstream_ms"]["p99"]
         add(f"decision -> upstream RIB p99 ms, N={big}", p99, "< 50", p99 < 50)
+    for entry in haproxy:
+        if entry["n"] != big:
+            continue
+        if "fresh" in entry:
+            add(f"fresh N={big} CPU/probe / HAProxy's", entry["fresh"], "≤ 1.0",
+                entry["fresh"] <= 1.0)  # fmt: skip
+        if "keepalive" in entry:
+            add(f"keepalive N={big} CPU/probe / HAProxy's fresh", entry["keepalive"], "≤ 0.5",
+                entry["keepalive"] <= 0.5)  # fmt: skip
+    for case in (fast or {}).get("cases", []):
+        figure = case["engines"].get("anycast-agent", {}).get("inject_to_upstream_ms")
+        if case["interval_s"] < 1 and case["fault_kind"] == "refuse" and figure:
+            add(f"fast mode N={case['n']} refused: injection -> upstream p99 ms", figure["p99"],
+                "< 400", figure["p99"] < 400)  # fmt: skip
     return checks
 
 
@@ -112,6 +149,32 @@ def _cell(value: Any) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """The tables of the parts this run measured."""
+    parts = set(result["plan"]["parts"])
+    lines: list[str] = []
+    if "scale" in parts:
+        lines += scale_markdown(result)
+    if result["targets"]:
+        lines += ["", "| target | measured | limit | holds |", "|---|---|---|---|"]
+        for t in result["targets"]:
+            holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
+            lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
+    if "detection" in parts:
+        lines += ["", *detection_markdown(result["detection"])]
+    if "fast" in parts:
+        lines += ["", *fast_markdown(result["fast_detection"])]
+    if "knee" in parts:
+        lines += ["", *knee_markdown(result["knee"])]
+    if "control" in parts:
+        section = result["control_plane"]
+        if "skipped" in section:
+            lines += ["", f"control-plane bench skipped: {section['skipped']}"]
+        else:
+            lines += ["", f"control-plane: `{section}`"]
+    return "\n".join(lines).lstrip("\n")
+
+
+def scale_markdown(result: dict[str, Any]) -> list[str]:
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -129,25 +192,15 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     lines += [""] + [f"- {note}" for note in notes] if notes else []
     ratios = result["ratios"]
-    figures = ", ".join(f"{k} {v}x" for k, v in ratios.items() if k not in ("n", "note"))
-    lines += [
-        "",
-        f"Healthcheck CPU per probe / agent's, N={ratios['n']} (same run): "
-        + (figures or ratios.get("note", "-")),
-    ]
-    if result["targets"]:
-        lines += ["", "| target | measured | limit | holds |", "|---|---|---|---|"]
-        for t in result["targets"]:
-            holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
-            lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
-    lines += ["", *detection_markdown(result["detection"])]
-    for part in ("control_plane",):
-        section = result[part]
-        if "skipped" in section:
-            lines += ["", f"{part.replace('_', '-')} bench skipped: {section['skipped']}"]
-        else:
-            lines += ["", f"{part.replace('_', '-')}: `{section}`"]
-    return "\n".join(lines)
+    if result["plan"]["baseline_sizes"]:
+        figures = ", ".join(f"{k} {v}x" for k, v in ratios.items() if k not in ("n", "note"))
+        lines += [
+            "",
+            f"Healthcheck CPU per probe / agent's, N={ratios['n']} (same run): "
+            + (figures or ratios.get("note", "-")),
+        ]
+    lines += haproxy_markdown(result.get("haproxy_ratios", []))
+    return lines
 
 
 DETECTION_COLUMNS = (
@@ -156,6 +209,86 @@ DETECTION_COLUMNS = (
     ("inject_to_decision_ms", "injection → decision"),
     ("decision_to_command_ms", "decision → withdraw logged by the agent"),
 )
+
+
+def haproxy_markdown(entries: Sequence[dict[str, Any]]) -> list[str]:
+    if not entries:
+        return []
+    lines = [
+        "",
+        "Agent CPU per probe / HAProxy's (`server` lines with `check inter 1s`, `option "
+        "httpchk` GET /health, `nbthread 1`: a fresh connection per check), each N measured "
+        "just before the agent's at that N in this run (below 1: the agent is the cheaper):",
+        "",
+        "| N | HAProxy ms/probe | agent fresh / HAProxy | agent keep-alive / HAProxy fresh |",
+        "|---|---|---|---|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['n']} | {e['haproxy_ms']} | {_cell(e.get('fresh'))} | "
+            f"{_cell(e.get('keepalive'))} |"
+        )
+    return lines
+
+
+def fast_markdown(section: dict[str, Any]) -> list[str]:
+    if "skipped" in section:
+        return [f"fast-mode detection bench skipped: {section['skipped']}"]
+    lines = [
+        f"Detection by timing, the agent alone, N={section['n']} targets, {section['trials']} "
+        "trials per case, one lab (cases one after the other), upstream GoBGP. Floor = fall x "
+        "interval, as issue 18 states it; the fall-th failed probe comes (fall - 1) x interval "
+        "after the first, which comes 0 to 1 interval after the fault (plus the timeout when "
+        "the fault is a drop), so the figure minus the floor may be below 0:",
+        "",
+        "| interval / timeout | fall | fault | trials done | injection → upstream RIB p50 / "
+        "p99 ms | the same minus the floor p50 / p99 ms | injection → decision p50 / p99 ms | "
+        "decision → upstream RIB p50 / p99 ms | min-max injection → upstream ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in section["cases"]:
+        e = case["engines"].get("anycast-agent", {})
+
+        def pair(key: str, e: dict[str, Any] = e) -> str:
+            figure = e.get(key)
+            return f"{figure['p50']} / {figure['p99']}" if figure else "-"
+
+        spread = e.get("inject_to_upstream_ms")
+        lines.append(
+            f"| {case['interval_s'] * 1000:g} / {case['timeout_s'] * 1000:g} ms | "
+            f"{case['fall']} | {case['fault']} | {e.get('completed', 0)} of {case['trials']} | "
+            f"{pair('inject_to_upstream_ms')} | {pair('inject_to_upstream_over_floor_ms')} | "
+            f"{pair('inject_to_decision_ms')} | {pair('decision_to_upstream_ms')} | "
+            + (f"{spread['min']} to {spread['max']} |" if spread else "- |")
+        )
+        for error in e.get("errors", [])[:3]:
+            lines.append(f"| {case['label']} | error: {error} |")
+    return lines
+
+
+def knee_markdown(section: dict[str, Any]) -> list[str]:
+    if "skipped" in section:
+        return [f"knee bench skipped: {section['skipped']}"]
+    lines = [
+        f"The knee: the largest N at which the agent holds {section['limit']} (interval "
+        f"{section['interval_s']:g} s, {section['window_s']:g} s window per step, searched up to "
+        f"N = {section['ceiling']}):",
+        "",
+        "| mode | knee N | smallest failing N | search ended by | steps (N: CPU % of 1 core, "
+        "jitter p99 ms, or why it failed) |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, found in section["modes"].items():
+        steps = "; ".join(
+            f"{s['n']}: {s['cpu_pct_one_core']} %, {s['jitter_p99_ms']} ms"
+            + ("" if s["holds"] else f" ({s['why']})")
+            for s in found["steps"]
+        )
+        lines.append(
+            f"| {mode} | {_cell(found['knee'])} | {_cell(found['first_failing'])} | "
+            f"{found['ended_by']} | {steps} |"
+        )
+    return lines
 
 
 def detection_markdown(section: dict[str, Any]) -> list[str]:
@@ -195,7 +328,9 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
 ## Machine and versions
 - {m["cores"]} cores, {m["cpu_model"]}, {m["mem_total_mib"]} MiB, kernel {m["kernel"]}
 - Python {v["python"]}, anycast-agent {v["anycast-agent"]}, ExaBGP {v["exabgp"]},
-  aiohttp {v["aiohttp"]}, {v["nginx"]}, {v["curl"]}
+  aiohttp {v["aiohttp"]}, {v["nginx"]}, {v["curl"]}, {v["haproxy"]}
+- Runtime {result["runtime_s"]} s; 1-minute load average {result["loadavg"]["before"]} at the
+  start, {result["loadavg"]["after"]} at the end (other jobs may share the machine)
 
 ## What is measured
 - **Probe scale**: N HTTP targets (`http://[2001:db8:b::X]:8080/health`, one `local` route
@@ -212,6 +347,13 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   at the same interval/rise/fall. CPU includes the curl children (reaped, so counted in the
   parent's cumulative times); probes are counted at nginx. Never more processes than free
   memory allows.
+- **HAProxy** ({v["haproxy"]}), the C event-loop yardstick: the same N targets as `server`
+  lines of one backend with `check inter 1s fall 3 rise 2`, `option httpchk` (`GET /health
+  HTTP/1.1`, expect 200), `timeout check 800ms`, `nbthread 1`, a dummy frontend (it does not
+  start without one) and `maxconn 256`; its checks open a fresh connection every time, so it
+  compares with the agent's fresh mode. Each size runs just before the agent's runs at that
+  size, with the same warm-up and window; its CPU is user + system time from /proc, probes
+  are counted at nginx, RSS is its VmHWM; the stats socket confirms its servers are up.
 - **Modes**: `fresh` (default: a new connection per probe), `keepalive` (`http.keepalive:
   true`: one connection per target, re-opened at least every 30 probes, so a server that stops
   accepting connections is still detected within 30 + fall probes).
@@ -228,6 +370,19 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   (`--withdraw-on-down`, curl, same interval/rise/fall, no background checks: each of its
   checks is a process of its own); it logs no timestamped decision. With 20 trials p99 is the
   slowest trial (nearest rank).
+- **Fast-mode detection**: the same lab and trials as *Detection*, the agent alone (ExaBGP's
+  healthcheck takes its timeout in whole seconds), 200 targets at `interval: 100ms`,
+  `timeout: 80ms`, `fall: 3`, `rise: 2`, for a refused connection (`reject with tcp reset`)
+  and a silent drop (`drop`: each probe waits for its timeout), then the default 1 s timing
+  with the refused connection, all in one lab one after the other. *Floor* is fall x interval,
+  as issue 18 puts it: the fall-th failed probe comes (fall - 1) x interval after the first,
+  which comes 0 to 1 interval after the fault (one timeout later for a drop), so a figure
+  minus the floor starts at about minus one interval.
+- **The knee**: the largest N at which the agent (one process: one core) holds probe jitter
+  p99 < 50 ms with no missed slot and no failed probe, per mode, at interval 1 s: N grows by
+  half from 2,000 until a step fails (or reaches 8,000: nginx here holds 8,192 connections),
+  then the gap is halved until within 10 %, at most 7 steps of {result["plan"]["warmup_s"]:g} s
+  warm-up and a short window each. nginx shares the machine's two cores with the agent.
 - The agent's HTTP probes here are callback probes on the probe engine (one timer heap, one
   epoll set, no coroutine per check; fresh connections closed with a reset), and the heap is
   frozen after start (`gc.freeze`): docs/design-notes.md says why, from py-spy profiles.

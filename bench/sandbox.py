@@ -15,6 +15,9 @@ from typing import IO, Any, Self
 NAME_PREFIX = "aab-"
 TERM_GRACE_S = 3.0
 COMMAND_TIMEOUT_S = 30.0
+# Every namespace this process created, so a run can say which were its own (another bench on
+# the same machine uses the same prefix).
+CREATED: list[str] = []
 
 
 def run(argv: Sequence[str], *, input_text: str | None = None) -> str:
@@ -41,6 +44,7 @@ class Sandbox:
 
     def __enter__(self) -> Self:
         run(["ip", "netns", "add", self.name])
+        CREATED.append(self.name)
         try:
             self.ip("link", "set", "lo", "up")
         except BaseException:

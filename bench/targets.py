@@ -35,6 +35,9 @@ def target_url(i: int) -> str:
     return f"http://[{target_address(i)}]:{HTTP_PORT}/health"
 
 
+PREFIXES_AVAILABLE = sum(pool.num_addresses - 2 for pool in PREFIX_POOLS)
+
+
 def service_prefixes(count: int) -> list[str]:
     hosts = [str(a) for pool in PREFIX_POOLS for a in pool.hosts()]
     if count > len(hosts):
@@ -52,8 +55,10 @@ def agent_config(
     control_listen: str | None = None,
     per_service: int = TARGETS_PER_SERVICE,
 ) -> dict[str, object]:
-    """An agent config probing n targets (services of `per_service` targets each)."""
+    """An agent config probing n targets (services of `per_service` targets each, more when
+    there are not enough prefixes for that many services)."""
     urls = urls if urls is not None else [target_url(i) for i in range(n)]
+    per_service = max(per_service, -(-len(urls) // PREFIXES_AVAILABLE))
     groups = [urls[i : i + per_service] for i in range(0, len(urls), per_service)]
     prefixes = service_prefixes(len(groups))
     http_extra: dict[str, object] = {"keepalive": True} if keepalive else {}

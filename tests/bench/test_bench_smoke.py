@@ -27,6 +27,8 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("curl") is None and not IN_CI, reason="curl is not installed"),
 ]
 
+HAVE_HAPROXY = shutil.which("haproxy") is not None or Path("/usr/sbin/haproxy").exists() or IN_CI
+
 ROW_FIELDS = {
     "engine", "mode", "n", "probes", "probes_per_s", "cpu_ms_per_probe", "cpu_pct_one_core",
     "rss_mib", "jitter_p50_ms", "jitter_p99_ms", "missed_slots",
@@ -47,8 +49,9 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     assert "| engine | mode | N |" in proc.stdout
     (out,) = tmp_path.glob("*-smoke.json")
     result = json.loads(out.read_text())
-    assert {"date", "machine", "versions", "plan", "probe_scale", "ratios", "targets",
-            "detection", "control_plane"} <= result.keys()  # fmt: skip
+    assert {"date", "runtime_s", "machine", "versions", "plan", "probe_scale", "ratios",
+            "haproxy_ratios", "targets", "detection", "fast_detection", "knee",
+            "control_plane"} <= result.keys()  # fmt: skip
     agent_rows = [r for r in result["probe_scale"] if r["engine"] == "anycast-agent"]
     assert {r["mode"] for r in agent_rows} == {"fresh", "keepalive"}
     for row in agent_rows:
@@ -57,6 +60,16 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
         assert row["probes"] > 0
     (baseline,) = [r for r in result["probe_scale"] if r["engine"] == "exabgp-healthcheck"]
     assert "skipped" in baseline or baseline.keys() >= ROW_FIELDS
+    (haproxy,) = [r for r in result["probe_scale"] if r["engine"] == "haproxy"]
+    if HAVE_HAPROXY:
+        assert haproxy.keys() >= ROW_FIELDS, haproxy
+        assert haproxy["probes"] > 0
+        assert haproxy["servers_up"] == 20, haproxy
+        # At N = 20 for 3 s HAProxy may use less than one clock tick (10 ms): no ratio then.
+        for entry in result["haproxy_ratios"]:
+            assert entry["n"] == 20 and {"fresh", "keepalive"} <= entry.keys()
+    else:
+        assert "skipped" in haproxy
     detection = result["detection"]
     if shutil.which("gobgpd") is not None:
         engines = detection["engines"]
@@ -68,6 +81,25 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     else:
         assert "skipped" in detection
     assert "Detection" in proc.stdout or "detection bench skipped" in proc.stdout
+    fast = result["fast_detection"]
+    if shutil.which("gobgpd") is not None:
+        assert [c["label"] for c in fast["cases"]] == ["fast-refuse", "fast-drop"]
+        for case in fast["cases"]:
+            assert case["interval_s"] == 0.1 and case["fall"] == 3
+            agent = case["engines"]["anycast-agent"]
+            assert agent["completed"] == agent["trials"] == 2, agent
+            assert agent["inject_to_upstream_over_floor_ms"].keys() >= {"p50", "p99"}
+        assert "Detection by timing" in proc.stdout
+    else:
+        assert "skipped" in fast
+    knee = result["knee"]["modes"]["fresh"]
+    assert 1 <= len(knee["steps"]) <= 2 and {s["n"] for s in knee["steps"]} <= {20, 30}, knee
+    assert "The knee" in proc.stdout
+    assert "command: python -m bench --smoke" in proc.stdout
     assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
+    # Another bench on the machine may hold `aab-` namespaces of its own: only this run's count.
+    assert result["namespaces"], "the run names the namespaces it created"
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    assert "aab-" not in listed.stdout, "the bench left a namespace behind"
+    present = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
+    left = present & set(result["namespaces"])
+    assert not left, f"the bench left namespaces behind: {sorted(left)}"
