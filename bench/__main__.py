@@ -13,11 +13,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.control_plane import run_control_plane
+from bench.control_plane import SMOKE, ControlPlan, parse_trees, run_control_plane, this_tree
 from bench.detection import FAULTS, DetectionPlan, exabgp_beside, run_detection
 from bench.probe_scale import ScalePlan, run_probe_scale
 from bench.procstat import machine
-from bench.report import markdown, performance_doc, ratio, targets, versions
+from bench.report import (
+    control_doc_section,
+    kept_section,
+    markdown,
+    performance_doc,
+    ratio,
+    targets,
+    versions,
+    with_section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("scale", "detection", "control")
@@ -45,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detection-n", type=int, help="detection bench targets (max of --sizes)")
     p.add_argument("--fault", choices=sorted(FAULTS), default="refuse")
     p.add_argument("--exabgp", help="ExaBGP for the detection bench (beside --python)")
+    p.add_argument("--control-n", type=int, help="control-plane bench targets (max of --sizes)")
+    p.add_argument(
+        "--control-base",
+        action="append",
+        default=[],
+        metavar="[LABEL=]DIR",
+        help="also measure the control plane of the agent code in DIR (e.g. an older commit's "
+        "tree), alternating with this tree's in the same run; repeatable",
+    )
+    p.add_argument("--control-rounds", type=int, default=1, help="control-plane runs per tree")
     p.add_argument("--smoke", action="store_true", help="N=20 for a few seconds (CI)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
@@ -83,11 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table)
     print(f"\nresults: {out}")
-    if args.smoke or args.parts != set(PARTS):
+    rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    old = args.docs.read_text() if args.docs.exists() else ""
+    if args.smoke or args.parts not in ({"control"}, set(PARTS)):
         print("docs/performance.md not updated (smoke or partial run)")
+    elif args.parts == {"control"}:
+        # A control-plane run alone updates its own dated section, and nothing else.
+        args.docs.write_text(with_section(old, control_doc_section(result, table, str(rel))))
+        print(f"updated the control-plane section of {args.docs}")
     else:
-        rel = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-        args.docs.write_text(performance_doc(result, table, str(rel)))
+        # A full run rewrites the document; a section from a control-plane run alone stays
+        # (dated, with its own command) until the next one replaces it.
+        args.docs.write_text(performance_doc(result, table, str(rel)) + kept_section(old))
         print(f"updated: {args.docs}")
     return 0
 
@@ -116,7 +142,11 @@ def run_all(
         detection = run_detection(work, dplan)
     control: dict[str, Any] = {"skipped": "not requested (--parts)"}
     if "control" in args.parts:
-        control = run_control_plane(work, big, args.python, plan.warmup_s)
+        trees = [*parse_trees(args.control_base), this_tree()]
+        cplan = SMOKE if args.smoke else ControlPlan(rounds=args.control_rounds)
+        control = run_control_plane(
+            work, args.control_n or big, args.python, plan.warmup_s, trees, cplan
+        )
     return {
         "date": now.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:]),

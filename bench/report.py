@@ -8,6 +8,13 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from bench.control_plane import markdown as control_markdown
+
+CONTROL_BEGIN = (
+    "<!-- control-plane section: written by `make bench-control`, kept by `make bench` -->"
+)
+CONTROL_END = "<!-- end of the control-plane section -->"
+
 COLUMNS = (
     ("engine", "engine"),
     ("mode", "mode"),
@@ -112,6 +119,9 @@ def _cell(value: Any) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    parts = set(result["plan"]["parts"])
+    if parts == {"control"}:  # a control-plane run alone: its tables only
+        return "\n".join(control_markdown(result["control_plane"]))
     lines = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
@@ -141,12 +151,7 @@ def markdown(result: dict[str, Any]) -> str:
             holds = {True: "yes", False: "**no**", None: "-"}[t["holds"]]
             lines.append(f"| {t['target']} | {_cell(t['measured'])} | {t['limit']} | {holds} |")
     lines += ["", *detection_markdown(result["detection"])]
-    for part in ("control_plane",):
-        section = result[part]
-        if "skipped" in section:
-            lines += ["", f"{part.replace('_', '-')} bench skipped: {section['skipped']}"]
-        else:
-            lines += ["", f"{part.replace('_', '-')}: `{section}`"]
+    lines += ["", *control_markdown(result["control_plane"])]
     return "\n".join(lines)
 
 
@@ -238,3 +243,39 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
 ## Latest results
 {table}
 """
+
+
+def control_doc_section(result: dict[str, Any], table: str, results_file: str) -> str:
+    """docs/performance.md's section for a control-plane run alone (`make bench-control`)."""
+    m, v, c = result["machine"], result["versions"], result["control_plane"]
+    load = c.get("loadavg", {})
+    return f"""{CONTROL_BEGIN}
+## Control plane, measured alone ({result["date"]})
+
+The control part of the bench run alone, as `make bench-control` runs it: `{result["command"]}`,
+on {result["date"]}. The figures are copied by the bench from that run ({results_file}) and
+never edited by hand. Machine: {m["cores"]} cores, {m["cpu_model"]}, Python {v["python"]},
+aiohttp {v["aiohttp"]}; other jobs may share it (1-minute load average {load.get("before", "-")}
+at the start, {load.get("after", "-")} at the end): compare the trees within one run, side by
+side, rather than with another run's figures.
+
+{table}
+{CONTROL_END}
+"""
+
+
+def with_section(doc: str, section: str) -> str:
+    """`doc` with its control-plane section replaced by `section` (appended when it has none)."""
+    if CONTROL_BEGIN in doc and CONTROL_END in doc:
+        head, rest = doc.split(CONTROL_BEGIN, 1)
+        tail = rest.split(CONTROL_END, 1)[1].lstrip("\n")
+        return head + section + (("\n" + tail) if tail else "")
+    return doc.rstrip("\n") + "\n\n" + section
+
+
+def kept_section(doc: str) -> str:
+    """The control-plane section of `doc` ("" when it has none), for a full run to keep."""
+    if CONTROL_BEGIN not in doc or CONTROL_END not in doc:
+        return ""
+    body = doc.split(CONTROL_BEGIN, 1)[1].split(CONTROL_END, 1)[0]
+    return f"\n{CONTROL_BEGIN}{body}{CONTROL_END}\n"

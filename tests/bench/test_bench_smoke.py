@@ -68,6 +68,10 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     else:
         assert "skipped" in detection
     assert "Detection" in proc.stdout or "detection bench skipped" in proc.stdout
+    control = result["control_plane"]["trees"]["this tree"]
+    for read, figures in control["reads"].items():
+        assert figures["requests"] > 0 and figures["bytes"] > 0, (read, figures)
+    assert control["jitter"]["quiet"]["probes"] > 0
     assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     assert "aab-" not in listed.stdout, "the bench left a namespace behind"
