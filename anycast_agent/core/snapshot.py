@@ -134,7 +134,7 @@ class Snapshot:
     # Filled in by the shell from its etcd coordinator (None: not known, or standalone).
     fleet_slots_in_use: int | None = None
     fleet_slots: int | None = None
-    fleet_contact_age_s: float | None = None
+    fleet_last_contact: float | None = None  # monotonic; readers show the age at their time
 
     def service(self, name: str) -> ServiceSnapshot | None:
         return next((s for s in self.services if s.name == name), None)
