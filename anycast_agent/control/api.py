@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from anycast_agent.config import NAME_RE
 from anycast_agent.control import metrics, status
 from anycast_agent.control.auth import (
     ApiError,
@@ -327,9 +328,31 @@ def _clocks(request: web.Request) -> Clocks:
     return Clocks(settings.monotonic(), settings.wall_clock())
 
 
+def _service_filter(request: web.Request) -> str | None:
+    """`?service=NAME`: one service's status (None: every service). Anything else in the query
+    is refused, so a misspelt parameter never reads as the whole PoP."""
+    query = request.query
+    if unknown := sorted(set(query) - {"service"}):
+        raise ApiError(
+            400, "unknown query parameter", {"parameters": unknown, "known": ["service"]}
+        )
+    names = query.getall("service", [])
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ApiError(400, "give service once", {"service": names})
+    if not NAME_RE.fullmatch(names[0]):
+        raise ApiError(400, "not a service name", {"service": names[0]})
+    return names[0]
+
+
 async def status_handler(request: web.Request) -> web.Response:
+    service = _service_filter(request)
+    controller = request.app[CONTROLLER]
+    if service is not None and controller.snapshot().service(service) is None:
+        raise ApiError(404, "unknown service", {"service": service})
     encoded = await request.app[RENDERINGS].get(
-        request.app[CONTROLLER].snapshot, ("status", None), status.render
+        controller.snapshot, ("status", service), lambda snap: status.render(snap, service)
     )
     return web.Response(body=encoded.fill(_clocks(request)), content_type="application/json")
 

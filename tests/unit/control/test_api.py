@@ -450,6 +450,45 @@ async def test_metrics_route_serves_the_exposition(client: Client) -> None:
     assert (await resp.text()).endswith("# EOF\n")
 
 
+async def test_status_of_one_service(make_client: Any) -> None:
+    client = await make_client(FakeController(), monotonic=lambda: 1.0, wall_clock=lambda: 2.0)
+    whole = await _json(await client.get("/v1/status"))
+    data = await _json(await client.get("/v1/status", params={"service": "dns"}))
+    assert [s["name"] for s in data["services"]] == ["dns"]
+    assert data["services"][0] == whole["services"][1]
+    assert {k: v for k, v in data.items() if k != "services"} == {
+        k: v for k, v in whole.items() if k != "services"
+    }
+
+
+async def test_status_of_an_unknown_service_is_404_naming_it(client: Client) -> None:
+    resp = await client.get("/v1/status", params={"service": "nope"})
+    assert resp.status == 404
+    assert await _json(resp) == {"error": "unknown service", "detail": {"service": "nope"}}
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "detail"),
+    [
+        ("service=", "not a service name", {"service": ""}),
+        ("service=web%0A", "not a service name", {"service": "web\n"}),
+        ("service=../web", "not a service name", {"service": "../web"}),
+        ("service=web&service=dns", "give service once", {"service": ["web", "dns"]}),
+        (
+            "servcie=web",
+            "unknown query parameter",
+            {"parameters": ["servcie"], "known": ["service"]},
+        ),
+    ],
+)
+async def test_a_bad_status_query_is_400(
+    client: Client, query: str, error: str, detail: Any
+) -> None:
+    resp = await client.get(URL(f"/v1/status?{query}", encoded=True))
+    assert resp.status == 400
+    assert await _json(resp) == {"error": error, "detail": detail}
+
+
 async def test_the_time_left_and_the_contact_age_are_read_per_request(make_client: Any) -> None:
     mono, wall = [100.0], [2000.0]
     ctl = FakeController(snap=make_snapshot(fleet_last_contact=99.5))

@@ -81,6 +81,21 @@ async def test_status_json(agent: str) -> None:
     assert json.loads(out)["services"][0]["name"] == "web"
 
 
+async def test_status_of_one_service(agent: str) -> None:
+    code, out, err = await run(["status", "--service", "dns", "--url", agent])
+    assert (code, err) == (0, "")
+    assert any(line.startswith("dns ") for line in out.splitlines())
+    assert not any(line.startswith("web") for line in out.splitlines())
+    code, out, _ = await run(["status", "--service", "dns", "--json", "--url", agent])
+    assert [s["name"] for s in json.loads(out)["services"]] == ["dns"]
+    code, _, err = await run(["status", "--service", "nope", "--url", agent])
+    assert code == 1
+    assert err.splitlines() == [
+        "anycast-agent status: unknown service (HTTP 404)",
+        '  {"service": "nope"}',
+    ]
+
+
 def test_status_table_escapes_control_characters() -> None:
     snap = make_snapshot()
     bad = replace(
