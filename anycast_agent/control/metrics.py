@@ -10,6 +10,7 @@ check every line against prometheus_client's own encoders for the same families.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -152,6 +153,14 @@ TARGET_TRANSITIONS = _c("target_transitions", "Target state changes.")
 PROBE_BUGS = _c(
     "probe_bugs", "Checks whose probe code raised (counted as target failures; a bug to report)."
 )
+TARGET_FAMILIES = (
+    TARGET_STATE,
+    TARGET_DURATION,
+    TARGET_PROBES,
+    TARGET_SKIPPED,
+    TARGET_TRANSITIONS,
+    PROBE_BUGS,
+)
 
 SERVICE_HEALTHY = _g("service_healthy_targets", "Targets counted healthy.")
 SERVICE_TOTAL = _g("service_targets", "Targets configured.")
@@ -210,9 +219,12 @@ FLEET_CONTACT_AGE = _g(
 
 
 def num(value: float) -> str:
-    """A sample value as Prometheus writes it (Go's float formatting)."""
-    if value.__class__ is int and 0 <= value < 1_000_000:
-        return f"{value}.0"  # what floatToGoString makes of it, without its float() and repr()
+    """A sample value as Prometheus writes it (Go's float formatting, as floatToGoString)."""
+    if value.__class__ is int:
+        if 0 <= value < 1_000_000:
+            return f"{value}.0"
+    elif value.__class__ is float and -math.inf < value < 1_000_000.0:
+        return repr(value)  # Go differs from Python only from 1e6 up, and for inf and NaN
     return _go_float(value)
 
 
@@ -251,6 +263,11 @@ class _Exposition:
         name = family.sample
         self.out.text(family.header(self.fmt))
         self.out.text("".join([f"{name}{labels} {value}\n" for labels, value in samples]))
+
+    def lines(self, family: Family, lines: list[str]) -> None:
+        """`lines`: whole sample lines, written as they are."""
+        self.out.text(family.header(self.fmt))
+        self.out.text("".join(lines))
 
     def one(self, family: Family, value: str) -> None:
         self.family(family, (("", value),))
@@ -311,31 +328,32 @@ def _agent(x: _Exposition, snap: Snapshot) -> None:
 
 
 def _targets(x: _Exposition, snap: Snapshot) -> None:
-    # One pass over the targets fills every family (each must be contiguous in the output).
-    codes = {s: num(c) for s, c in TARGET_STATE_CODES.items()}
-    state: list[tuple[str, str]] = []
-    duration: list[tuple[str, str]] = []
-    probes: list[tuple[str, str]] = []
-    skipped: list[tuple[str, str]] = []
-    transitions: list[tuple[str, str]] = []
-    bugs: list[tuple[str, str]] = []
+    # Thousands of targets, seven lines each: one pass writes every family's lines (each family
+    # must be contiguous in the output), from label sets made once per name.
+    codes = {s: f" {c}.0\n" for s, c in TARGET_STATE_CODES.items()}
+    names = [f.sample for f in TARGET_FAMILIES]
+    state_name, duration_name, probes_name, skipped_name, transitions_name, bugs_name = names
+    state: list[str] = []
+    duration: list[str] = []
+    probes: list[str] = []
+    skipped: list[str] = []
+    transitions: list[str] = []
+    bugs: list[str] = []
     for svc in snap.services:
         for t in svc.targets:
             key, ok, failed = _target_labels(svc.name, t.name)
-            state.append((key, codes[t.state]))
+            state.append(f"{state_name}{key}{codes[t.state]}")
             if t.last_latency_s is not None:
-                duration.append((key, num(t.last_latency_s)))
-            probes.append((ok, num(t.probes_ok)))
-            probes.append((failed, num(t.probes_failed)))
-            skipped.append((key, num(t.skipped_slots)))
-            transitions.append((key, num(t.transitions)))
-            bugs.append((key, num(t.probe_bugs)))
-    x.family(TARGET_STATE, state)
-    x.family(TARGET_DURATION, duration)
-    x.family(TARGET_PROBES, probes)
-    x.family(TARGET_SKIPPED, skipped)
-    x.family(TARGET_TRANSITIONS, transitions)
-    x.family(PROBE_BUGS, bugs)
+                duration.append(f"{duration_name}{key} {num(t.last_latency_s)}\n")
+            probes.append(f"{probes_name}{ok} {num(t.probes_ok)}\n")
+            probes.append(f"{probes_name}{failed} {num(t.probes_failed)}\n")
+            skipped.append(f"{skipped_name}{key} {num(t.skipped_slots)}\n")
+            transitions.append(f"{transitions_name}{key} {num(t.transitions)}\n")
+            bugs.append(f"{bugs_name}{key} {num(t.probe_bugs)}\n")
+    for family, lines in zip(
+        TARGET_FAMILIES, (state, duration, probes, skipped, transitions, bugs), strict=True
+    ):
+        x.lines(family, lines)
 
 
 def _services(x: _Exposition, snap: Snapshot) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_exposition
@@ -16,6 +18,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from anycast_agent.control import metrics
 from anycast_agent.control.metrics import TARGET_STATE_CODES, Format
@@ -279,3 +282,17 @@ def test_the_parsed_values_match_the_snapshot() -> None:
 def test_the_format_is_negotiated_as_prometheus_client_does(accept: str) -> None:
     _, theirs = choose_encoder(accept)
     assert theirs.split(";")[0] == metrics.negotiate(accept).value.split(";")[0]
+
+
+@pytest.mark.parametrize(
+    "x",
+    [0, 1, 999_999, 1_000_000, 10**20, -1, 0.0, -0.0, 1e-7, 0.012, 999_999.5, 1e6, 123456789.0,
+     -1e20, math.inf, -math.inf, math.nan, True, False],
+)  # fmt: skip
+def test_numbers_are_written_as_prometheus_client_writes_them(x: float) -> None:
+    assert metrics.num(x) == floatToGoString(x)
+
+
+@given(st.floats() | st.integers(min_value=-(10**30), max_value=10**30))
+def test_any_number_is_written_as_prometheus_client_writes_it(x: float) -> None:
+    assert metrics.num(x) == floatToGoString(x)

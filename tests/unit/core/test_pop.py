@@ -200,6 +200,21 @@ def test_a_held_route_the_config_no_longer_maps_is_drained_out_at_start() -> Non
     assert set(pb.routes()) == {RouteKey(N1, WEB), RouteKey(N1, API)}
 
 
+def test_each_service_shows_its_own_routes_held_and_wanted() -> None:
+    cfg = config(services=[_service("web", WEB), _service("api", API)], neighbors=(N1, N2))
+    pb = Playbook(cfg)
+    pb.sync(held={RouteKey(N2, API): A100})  # held by ExaBGP from before, not wanted yet
+    pb.auto_ack = None
+    pb.health(0, "hhh", service="web")  # wanted, not acknowledged yet
+    web, api = pb.service("web"), pb.service("api")
+    assert [(r.prefix, r.neighbor, r.accepted) for r in web.routes] == [
+        (WEB, N1, None),
+        (WEB, N2, None),
+    ]
+    assert all(r.wanted is not None for r in web.routes)
+    assert [(r.prefix, r.neighbor, r.accepted) for r in api.routes] == [(API, N2, A100)]
+
+
 def test_more_than_half_of_the_routes_leaving_is_held_back_until_confirmed() -> None:
     held = {
         RouteKey(N1, WEB): A100,
