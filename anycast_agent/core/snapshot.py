@@ -145,16 +145,23 @@ class Snapshot:
 
 
 def _target(r: TargetRecord) -> TargetSnapshot:
+    """The record's row, made once per change of the record: a target that did not probe
+    since the last snapshot costs nothing, and fewer objects outlive a snapshot (every one of
+    them is work for the cyclic collector's oldest generation)."""
+    if r.view is not None:
+        return r.view
     last, spec = r.last, r.spec
     if last is None:
-        return TargetSnapshot(
+        r.view = TargetSnapshot(
             spec.name, spec.kind, r.health.state, None, "", None, None,
             r.ok, r.failed, r.skipped, r.transitions, r.checker, r.bugs,
         )  # fmt: skip
-    return TargetSnapshot(
-        spec.name, spec.kind, r.health.state, last.ok, last.reason, last.latency_s, last.load,
-        r.ok, r.failed, r.skipped, r.transitions, r.checker, r.bugs,
-    )  # fmt: skip
+    else:
+        r.view = TargetSnapshot(
+            spec.name, spec.kind, r.health.state, last.ok, last.reason, last.latency_s,
+            last.load, r.ok, r.failed, r.skipped, r.transitions, r.checker, r.bugs,
+        )  # fmt: skip
+    return r.view
 
 
 def _checker_faults(pop: Pop) -> dict[CheckerFault, int]:
