@@ -113,7 +113,10 @@ def run_control_plane(
         "requests_per_read": plan.requests,
         "quiet_s": plan.quiet_s,
         "scrapers": {"count": SCRAPERS, "every_s": SCRAPE_EVERY_S, "for_s": plan.scrape_for_s},
-        "trees": {t.label: {"path": str(t.path), **_summary(runs[t.label])} for t in trees},
+        "trees": {
+            t.label: {"path": str(t.path), "commit": _commit(t.path), **_summary(runs[t.label])}
+            for t in trees
+        },
     }
 
 
@@ -160,6 +163,20 @@ def _one_run(
             box.stop(proc)
     measured = json.loads(out.read_text())
     return {"reads": reads, "jitter": _jitter(measured, phases)}
+
+
+def _commit(path: Path) -> str | None:
+    """The tree's git commit (with `+changes` when it has uncommitted ones), if it is a git tree."""
+    if not (path / ".git").exists():
+        return None
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
+                             check=False)  # fmt: skip
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "anycast_agent")
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")
 
 
 def _ready(box: Sandbox, python: str) -> bool:
@@ -254,6 +271,11 @@ def markdown(section: dict[str, Any]) -> list[str]:
         f"for {sc['for_s']:g} s (Prometheus' Accept header); each request a new connection, "
         "timed from connect to the last byte by a client in the bench namespace (an error: no "
         f"200 within {REQUEST_TIMEOUT_S:g} s; percentiles are of the answered requests):",
+        "",
+        *(
+            f"- {label}: {tree['path']}" + (f" at {tree['commit']}" if tree["commit"] else "")
+            for label, tree in trees.items()
+        ),
         "",
         "| tree | read | requests | errors | p50 ms | p99 ms | max ms | body bytes |",
         "|---|---|---|---|---|---|---|---|",
