@@ -61,7 +61,7 @@ class Writer:
 
 class Renderings:
     """At most one rendering per snapshot and variant, shared by every request that asks for it,
-    made in a worker thread (tens of ms at thousands of targets must not stall the probes).
+    made in a worker thread (several ms at thousands of targets must not stall the probes).
 
     Only the latest snapshot's renderings are kept: a new snapshot (the agent makes one per
     change) drops the older ones, which their own waiters still hold until they are answered.
