@@ -13,7 +13,7 @@ APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus ngi
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-scale bench-fast bench-knee bench-dns fuzz clean
+.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-scale bench-fast bench-knee bench-control bench-dns fuzz clean
 
 all: test
 
@@ -92,6 +92,15 @@ bench-fast: deps venv
 # per mode, about 5 minutes); writes its own dated section of docs/performance.md.
 bench-knee: deps venv
 	$(PY) -m bench --parts knee
+
+# The control plane alone: /v1/status and /metrics latency at N=2000 while probing, and the
+# probe jitter under 10 scrapers (about a minute per run). CONTROL_BASE=DIR (repeatable, as a
+# list) also measures the agent code in DIR, e.g. an older commit's `git archive`, alternating
+# with this tree's in the same run; updates the control-plane section of docs/performance.md.
+CONTROL_ROUNDS ?= 2
+bench-control: deps venv
+	$(PY) -m bench --parts control --sizes 2000 --control-rounds $(CONTROL_ROUNDS) \
+	  $(foreach b,$(CONTROL_BASE),--control-base $(b))
 
 # The DNS probe (dnspython) against the hand-written one it replaced, side by side.
 bench-dns: deps venv

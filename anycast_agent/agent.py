@@ -30,7 +30,7 @@ from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec, route_keys
 from anycast_agent.errors import ConfigError, RenderError, SpeakerError
 from anycast_agent.fleet import ctl_copy
-from anycast_agent.fleet.coordinator import Coordinator
+from anycast_agent.fleet.coordinator import Coordinator, FleetStats
 from anycast_agent.fleet.setup import coordinator_for
 from anycast_agent.heap import settle_heap
 from anycast_agent.limits import fd_budget, prefer_oom_kill
@@ -89,6 +89,7 @@ class Agent:
         self._session_up = asyncio.Event()  # a session came up: re-read ExaBGP's routes soon
         self.spawned = started_by_exabgp()  # the parent is ExaBGP: never exit over the lock
         self.fleet: Coordinator | None = None
+        self._shown: tuple[Snapshot, FleetStats, Snapshot] | None = None  # see snapshot()
 
     def now(self) -> e.Instant:
         return e.Instant(self.clock(), self.wall())
@@ -372,16 +373,22 @@ class Agent:
     # -- the control endpoint's Controller -----------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        """The core's snapshot with the coordinator's figures: the same object until either
+        changes, so the control endpoint renders it once however many read it."""
         snap = self.pop.snapshot()
         if self.fleet is None:
             return snap
         stats = self.fleet.stats()
-        return replace(
-            snap,
-            fleet_slots_in_use=stats.slots_in_use,
-            fleet_slots=stats.slots,
-            fleet_contact_age_s=stats.last_ok_age_s,
-        )
+        shown = self._shown
+        if shown is None or shown[0] is not snap or shown[1] != stats:
+            full = replace(
+                snap,
+                fleet_slots_in_use=stats.slots_in_use,
+                fleet_slots=stats.slots,
+                fleet_last_contact=stats.last_ok,
+            )
+            shown = self._shown = (snap, stats, full)
+        return shown[2]
 
     async def submit(self, request: e.OperatorRequest) -> c.Refusal | None:
         """Hand an operator request to the core; its answer once it has one (a Persist the

@@ -159,6 +159,7 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     """Add status, drain, undrain, med, ramp and reload to the `anycast-agent` parser."""
     p = sub.add_parser("status", help="show services, targets and routes of the running agent")
     p.add_argument("--json", action="store_true", help="print the raw JSON status")
+    p.add_argument("--service", metavar="SERVICE", help="show only this service")
     _common(p)
 
     p = sub.add_parser("drain", help="de-prefer then withdraw a service (or --all: the PoP)")
@@ -278,6 +279,8 @@ def _intent_body(args: argparse.Namespace, **fields: Any) -> dict[str, Any]:
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     """The HTTP request a client command makes: method, path, JSON body."""
     match args.command:
+        case "status" if args.service:
+            return "GET", f"/v1/status?service={quote(args.service, safe='')}", None
         case "status":
             return "GET", "/v1/status", None
         case "drain":

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import sandbox
-from bench.control_plane import run_control_plane
+from bench.control_plane import SMOKE, ControlPlan, parse_trees, run_control_plane, this_tree
 from bench.detection import (
     FAULTS,
     DetectionPlan,
@@ -73,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--knee-ceiling", type=int, default=8000, help="the knee search's largest N")
     p.add_argument("--knee-max-runs", type=int, default=7, help="knee steps per mode at most")
     p.add_argument("--knee-window", type=float, default=10.0, help="each knee step's window")
+    p.add_argument("--control-n", type=int, help="control-plane bench targets (max of --sizes)")
+    p.add_argument(
+        "--control-base",
+        action="append",
+        default=[],
+        metavar="[LABEL=]DIR",
+        help="also measure the control plane of the agent code in DIR (e.g. an older commit's "
+        "tree), alternating with this tree's in the same run; repeatable",
+    )
+    p.add_argument("--control-rounds", type=int, default=1, help="control-plane runs per tree")
     p.add_argument("--smoke", action="store_true", help="N=20 for a few seconds (CI)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
@@ -209,7 +219,11 @@ def run_all(
         knee = run_knee(work, kplan)
     control: dict[str, Any] = {"skipped": "not requested (--parts)"}
     if "control" in args.parts:
-        control = run_control_plane(work, big, args.python, plan.warmup_s)
+        trees = [*parse_trees(args.control_base), this_tree()]
+        cplan = SMOKE if args.smoke else ControlPlan(rounds=args.control_rounds)
+        control = run_control_plane(
+            work, args.control_n or big, args.python, plan.warmup_s, trees, cplan
+        )
     haproxy = haproxy_ratios(rows)
     return {
         "date": now.isoformat(timespec="seconds"),

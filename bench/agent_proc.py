@@ -35,7 +35,9 @@ class Recorder:
     """Probe-clock facts over the measuring window (nothing is kept before it opens)."""
 
     open: bool = False
+    stamps: bool = False  # also keep when each probe started (monotonic), for phased benches
     lateness_s: list[float] = field(default_factory=list)
+    started_at: list[float] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     started: int = 0
     ok: int = 0
@@ -62,6 +64,8 @@ class Recorder:
         if self.open:
             self.lateness_s.append(late_s)
             self.started += 1
+            if self.stamps:
+                self.started_at.append(time.monotonic())
 
 
 RECORDER = Recorder()
@@ -127,6 +131,7 @@ async def _main(config_path: Path, warmup_s: float, window_s: float) -> dict[str
         skipped=RECORDER.skipped,
         reasons=RECORDER.reasons,
         lateness_s=RECORDER.lateness_s,
+        started_at=RECORDER.started_at,
         latency_s=RECORDER.latency_s,
         exit_code=code,
     )
@@ -140,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=20.0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--stamps", action="store_true", help="also write when each probe started (monotonic)"
+    )
     args = p.parse_args(argv)
     logs.setup(args.log_level)
+    RECORDER.stamps = args.stamps
     runner_module.run_schedule = recording(run_schedule)
     runner_module.run_callback_schedule = recording(run_callback_schedule)
     measured = asyncio.run(_main(args.config, args.warmup, args.window))

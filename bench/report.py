@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from bench.control_plane import markdown as control_markdown
 from bench.haproxy import haproxy_version
 
 COLUMNS = (
@@ -167,10 +168,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", *knee_markdown(result["knee"])]
     if "control" in parts:
         section = result["control_plane"]
-        if "skipped" in section:
-            lines += ["", f"control-plane bench skipped: {section['skipped']}"]
-        else:
-            lines += ["", f"control-plane: `{section}`"]
+        lines += ["", *control_markdown(section)]
     return "\n".join(lines).lstrip("\n")
 
 

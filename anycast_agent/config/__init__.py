@@ -19,11 +19,12 @@ from anycast_agent.config.schema import (
     Service,
     frozen_keys_changed,
 )
-from anycast_agent.config.types import ENV_PREFIX, parse_duration
+from anycast_agent.config.types import ENV_PREFIX, NAME_RE, parse_duration
 from anycast_agent.core.spec import AddressMode, OnDown, RampMode
 
 __all__ = [
     "ENV_PREFIX",
+    "NAME_RE",
     "AddressMode",
     "Addresses",
     "AgentConfig",

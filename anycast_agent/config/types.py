@@ -75,7 +75,9 @@ Address: TypeAlias = Annotated[IPv4Address | IPv6Address, BeforeValidator(_addre
 Community: TypeAlias = Annotated[str, BeforeValidator(_community)]
 ASN: TypeAlias = Annotated[int, Field(ge=1, le=4294967294)]
 Med: TypeAlias = Annotated[int, Field(ge=0, le=MED_MAX)]
-Name: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # services and targets
+NAME_RE = re.compile(NAME_PATTERN)
+Name: TypeAlias = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class Strict(BaseModel):

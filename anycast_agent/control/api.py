@@ -20,7 +20,8 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from anycast_agent.control import metrics
+from anycast_agent.config import NAME_RE
+from anycast_agent.control import metrics, status
 from anycast_agent.control.auth import (
     ApiError,
     TokenBucket,
@@ -37,7 +38,7 @@ from anycast_agent.control.bodies import (
     ResetBody,
     UndrainBody,
 )
-from anycast_agent.control.status import status_json
+from anycast_agent.control.rendering import Clocks, Renderings
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.events import (
     ClearMedRequest,
@@ -68,7 +69,10 @@ class Controller(Protocol):
     """What the agent offers the control endpoint: a snapshot to read, operator requests to
     submit (answered by None, accepted, or the core's refusal) and reloads."""
 
-    def snapshot(self) -> Snapshot: ...
+    def snapshot(self) -> Snapshot:
+        """The PoP now: the same object for as long as nothing changed (renderings of status
+        and metrics are kept per snapshot object)."""
+        ...
 
     async def submit(self, request: OperatorRequest) -> Refusal | None: ...
 
@@ -91,6 +95,7 @@ class Settings:
 
 CONTROLLER = web.AppKey("controller", Controller)
 SETTINGS = web.AppKey("settings", Settings)
+RENDERINGS = web.AppKey("renderings", Renderings)
 
 
 B = TypeVar("B", bound=BaseModel)
@@ -318,31 +323,57 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
-async def status(request: web.Request) -> web.Response:
-    # As for /metrics: the snapshot on the loop, the encoding (tens of ms at 2000 targets) in a
-    # thread, so a status poll does not stall the probes.
-    snap = request.app[CONTROLLER].snapshot()
-    wall_now = request.app[SETTINGS].wall_clock()
-    body = await asyncio.to_thread(lambda: json.dumps(status_json(snap, wall_now)).encode())
-    return web.Response(body=body, content_type="application/json")
+def _clocks(request: web.Request) -> Clocks:
+    settings = request.app[SETTINGS]
+    return Clocks(settings.monotonic(), settings.wall_clock())
+
+
+def _service_filter(request: web.Request) -> str | None:
+    """`?service=NAME`: one service's status (None: every service). Anything else in the query
+    is refused, so a misspelt parameter never reads as the whole PoP."""
+    query = request.query
+    if unknown := sorted(set(query) - {"service"}):
+        raise ApiError(
+            400, "unknown query parameter", {"parameters": unknown, "known": ["service"]}
+        )
+    names = query.getall("service", [])
+    if not names:
+        return None
+    if len(names) > 1:
+        raise ApiError(400, "give service once", {"service": names})
+    if not NAME_RE.fullmatch(names[0]):
+        raise ApiError(400, "not a service name", {"service": names[0]})
+    return names[0]
+
+
+async def status_handler(request: web.Request) -> web.Response:
+    service = _service_filter(request)
+    controller = request.app[CONTROLLER]
+    if service is not None and controller.snapshot().service(service) is None:
+        raise ApiError(404, "unknown service", {"service": service})
+    encoded = await request.app[RENDERINGS].get(
+        controller.snapshot, ("status", service), lambda snap: status.render(snap, service)
+    )
+    return web.Response(body=encoded.fill(_clocks(request)), content_type="application/json")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    # The snapshot is taken on the loop (it reads the agent's live state); the rendering, the
-    # expensive part, runs in a thread on that immutable snapshot.
-    snap = request.app[CONTROLLER].snapshot()
-    accept = request.headers.get("Accept", "")
-    monotonic = request.app[SETTINGS].monotonic
-    body, content_type = await asyncio.to_thread(
-        metrics.render_snapshot, snap, accept, monotonic=monotonic
+    fmt = metrics.negotiate(request.headers.get("Accept", ""))
+    # Scrapes that arrive while one is being rendered share it: its snapshot is younger than
+    # the rendering takes, and at 2,000 targets every probe result makes a new snapshot.
+    encoded = await request.app[RENDERINGS].get(
+        request.app[CONTROLLER].snapshot,
+        ("metrics", fmt),
+        lambda snap: metrics.render(snap, fmt),
+        join=True,
     )
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return web.Response(body=encoded.fill(_clocks(request)), headers={"Content-Type": fmt.value})
 
 
 READS: tuple[tuple[str, Callable[[web.Request], Awaitable[web.Response]]], ...] = (
     ("/healthz", healthz),
     ("/readyz", readyz),
-    ("/v1/status", status),
+    ("/v1/status", status_handler),
     ("/metrics", metrics_handler),
 )
 
@@ -396,6 +427,7 @@ def make_app(
         body_timeout_s,
     )
     app[SETTINGS] = settings
+    app[RENDERINGS] = Renderings()
     for path, handler in READS:
         app.router.add_route("GET", path, handler)
     for mutation in mutations:

@@ -1,86 +1,117 @@
-"""The status document (`GET /v1/status`, `anycast-agent status --json`) from a snapshot."""
+"""The status document (`GET /v1/status`, `anycast-agent status --json`) rendered from a snapshot.
+
+The per-target and per-route objects, thousands of them, are written from templates with the
+standard library's C string encoder (about 1.5 µs a target, against ~5 µs for a dict handed to
+`json`); the rest goes through `json`. The expiries' time left and the fleet's contact age are
+filled in per request (see `rendering`). The tests read every field back with `json`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import math
+from functools import partial
+from json.encoder import encode_basestring_ascii as _str
 from typing import Any, TypeAlias
 
+from anycast_agent.control.rendering import Clocks, Encoded, Writer
 from anycast_agent.core.intents import POP, Drain, MedOverride
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
-from anycast_agent.model import NeighborState, RouteAttrs
+from anycast_agent.core.spec import TargetKind
+from anycast_agent.model import CheckerFault, NeighborState, RouteAttrs, TargetState
 
 JSON: TypeAlias = dict[str, Any]
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_LITERAL = {True: "true", False: "false", None: "null"}
+_KIND = {k: _str(k.value) for k in TargetKind}
+_STATE = {s: _str(s.value) for s in TargetState}
+_FAULT: dict[CheckerFault | None, str] = {None: "null", **{f: _str(f.value) for f in CheckerFault}}
 
-def _attrs(a: RouteAttrs | None) -> JSON | None:
+
+def _number(x: float | None) -> str:
+    if x is None:
+        return "null"
+    return repr(x) if math.isfinite(x) else _encode(x)  # NaN as `json` writes it, never `nan`
+
+
+def _open(obj: JSON) -> str:
+    """`obj` as JSON without its closing brace, so more members can follow."""
+    assert obj, "an object opened for more members must have some already"
+    return _encode(obj)[:-1]
+
+
+def _seconds_left(until: float, clocks: Clocks) -> bytes:
+    return _number(round(max(0.0, until - clocks.wall), 3)).encode()
+
+
+def _seconds_since(since: float, clocks: Clocks) -> bytes:
+    return _number(round(max(0.0, clocks.mono - since), 3)).encode()
+
+
+def _attrs(a: RouteAttrs | None) -> str:
     if a is None:
-        return None
-    return {"med": a.med, "as_path": list(a.as_path), "communities": list(a.communities)}
+        return "null"
+    return _encode({"med": a.med, "as_path": list(a.as_path), "communities": list(a.communities)})
 
 
-def _expiry_json(expires: float | None, wall_now: float) -> JSON:
-    return {
-        "expires": expires,
-        "expires_in_s": None if expires is None else round(max(0.0, expires - wall_now), 3),
-    }
+def _target(t: TargetSnapshot) -> str:
+    return (
+        f'{{"name":{_str(t.name)},"kind":{_KIND[t.kind]},"state":{_STATE[t.state]},'
+        f'"last_ok":{_LITERAL[t.last_ok]},"last_reason":{_str(t.last_reason)},'
+        f'"last_latency_s":{_number(t.last_latency_s)},"load":{_number(t.load)},'
+        f'"probes_ok":{t.probes_ok},"probes_failed":{t.probes_failed},'
+        f'"skipped_slots":{t.skipped_slots},"transitions":{t.transitions},'
+        f'"checker_fault":{_FAULT[t.checker_fault]},"probe_bugs":{t.probe_bugs}}}'
+    )
 
 
-def _drain_json(d: Drain | None, wall_now: float) -> JSON | None:
+def _route(r: RouteSnapshot, neighbors: dict[str, NeighborState]) -> str:
+    state = neighbors.get(r.neighbor)
+    return (
+        f'{{"prefix":{_str(r.prefix)},"neighbor":{_str(r.neighbor)},'
+        f'"neighbor_state":{_str(state.value if state is not None else "unknown")},'
+        f'"wanted":{_attrs(r.wanted)},"accepted":{_attrs(r.accepted)},'
+        f'"in_sync":{_LITERAL[r.wanted == r.accepted]}}}'
+    )
+
+
+def _expiring(w: Writer, fields: JSON, expires: float | None) -> None:
+    """An intent's object: `fields`, then when it expires and (per request) how soon."""
+    w.text(_open({**fields, "expires": expires}))
+    if expires is None:
+        w.text(',"expires_in_s":null}')
+        return
+    w.text(',"expires_in_s":')
+    w.live(partial(_seconds_left, expires))
+    w.text("}")
+
+
+def _drain(w: Writer, d: Drain | None) -> None:
     if d is None:
-        return None
-    return {
+        w.text("null")
+        return
+    fields = {
         "scope": "pop" if d.service == POP else "service",
         "reason": d.reason,
         "author": d.author,
         "since": d.since,
         "override_fleet": d.override_fleet,
-        **_expiry_json(d.expires, wall_now),
     }
+    _expiring(w, fields, d.expires)
 
 
-def _override_json(m: MedOverride | None, wall_now: float) -> JSON | None:
+def _override(w: Writer, m: MedOverride | None) -> None:
     if m is None:
-        return None
-    return {
-        "med": m.med,
-        "reason": m.reason,
-        "author": m.author,
-        "since": m.since,
-        **_expiry_json(m.expires, wall_now),
-    }
+        w.text("null")
+        return
+    _expiring(
+        w, {"med": m.med, "reason": m.reason, "author": m.author, "since": m.since}, m.expires
+    )
 
 
-def _target_json(t: TargetSnapshot) -> JSON:
-    return {
-        "name": t.name,
-        "kind": t.kind.value,
-        "state": t.state.value,
-        "last_ok": t.last_ok,
-        "last_reason": t.last_reason,
-        "last_latency_s": t.last_latency_s,
-        "load": t.load,
-        "probes_ok": t.probes_ok,
-        "probes_failed": t.probes_failed,
-        "skipped_slots": t.skipped_slots,
-        "transitions": t.transitions,
-        "checker_fault": None if t.checker_fault is None else t.checker_fault.value,
-        "probe_bugs": t.probe_bugs,
-    }
-
-
-def _route_json(r: RouteSnapshot, neighbors: Mapping[str, NeighborState]) -> JSON:
-    return {
-        "prefix": r.prefix,
-        "neighbor": r.neighbor,
-        "neighbor_state": neighbors[r.neighbor].value if r.neighbor in neighbors else "unknown",
-        "wanted": _attrs(r.wanted),
-        "accepted": _attrs(r.accepted),
-        "in_sync": r.wanted == r.accepted,
-    }
-
-
-def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
-    return {
+def _service(w: Writer, s: ServiceSnapshot, snap: Snapshot) -> None:
+    head = {
         "name": s.name,
         "state": s.phase.value,
         "reason": s.reason,
@@ -95,20 +126,24 @@ def _service_json(s: ServiceSnapshot, snap: Snapshot, wall_now: float) -> JSON:
         "frozen": s.frozen,
         "damping_penalty": s.penalty,
         "transitions": s.transitions,
-        "drain": _drain_json(s.drain, wall_now),
-        "med_override": _override_json(s.med_override, wall_now),
         "session_drains": dict(s.session_drains),
         "fleet_state": None if s.published is None else s.published.value,
         "fleet_guard": s.guard,
         "fleet_drained_by": s.fleet_drained_by or None,
-        "targets": [_target_json(t) for t in s.targets],
-        "routes": [_route_json(r, snap.neighbors) for r in s.routes],
     }
+    w.text(_open(head) + ',"drain":')
+    _drain(w, s.drain)
+    w.text(',"med_override":')
+    _override(w, s.med_override)
+    targets = ",".join([_target(t) for t in s.targets])
+    routes = ",".join([_route(r, snap.neighbors) for r in s.routes])
+    w.text(f',"targets":[{targets}],"routes":[{routes}]}}')
 
 
-def status_json(snap: Snapshot, wall_now: float) -> JSON:
-    """The whole snapshot as JSON: what `anycast-agent status` shows."""
-    return {
+def render(snap: Snapshot, service: str | None = None) -> Encoded:
+    """The status document of `snap`, or with `service` only that service's entry (the caller
+    checks that it exists). Safe to run off the event loop: it reads nothing but `snap`."""
+    head = {
         "pop": snap.pop,
         "version": snap.version,
         "started_at": snap.started_at,
@@ -127,16 +162,28 @@ def status_json(snap: Snapshot, wall_now: float) -> JSON:
         "removal_held": snap.removal_held,
         "fd_limit": snap.fd_limit,
         "fd_needed": snap.fd_needed,
-        "fleet": {
-            "mode": snap.fleet_mode.value,
-            "why": snap.fleet_why,
-            "guard_refusals": {r.name.lower(): n for r, n in snap.guard_refusals.items()},
-            "budget_slots_in_use": snap.fleet_slots_in_use,
-            "budget_slots": snap.fleet_slots,
-            "contact_age_s": snap.fleet_contact_age_s,
-            "region": snap.fleet_region,
-            "ctl_revision": snap.fleet_revision,
-            "ctl_problems": list(snap.fleet_problems),
-        },
-        "services": [_service_json(s, snap, wall_now) for s in snap.services],
     }
+    fleet = {
+        "mode": snap.fleet_mode.value,
+        "why": snap.fleet_why,
+        "guard_refusals": {r.name.lower(): n for r, n in snap.guard_refusals.items()},
+        "budget_slots_in_use": snap.fleet_slots_in_use,
+        "budget_slots": snap.fleet_slots,
+        "region": snap.fleet_region,
+        "ctl_revision": snap.fleet_revision,
+        "ctl_problems": list(snap.fleet_problems),
+    }
+    w = Writer()
+    w.text(_open(head) + ',"fleet":' + _open(fleet) + ',"contact_age_s":')
+    if snap.fleet_last_contact is None:
+        w.text("null")
+    else:
+        w.live(partial(_seconds_since, snap.fleet_last_contact))
+    w.text('},"services":[')
+    services = snap.services if service is None else [s for s in snap.services if s.name == service]
+    for i, s in enumerate(services):
+        if i:
+            w.text(",")
+        _service(w, s, snap)
+    w.text("]}")
+    return w.done()

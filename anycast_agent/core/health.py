@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from anycast_agent.core.commands import StartProbe, StopProbe
 from anycast_agent.core.spec import PopSpec, TargetSpec
 from anycast_agent.model import CheckerFault, ProbeResult, TargetState
+
+if TYPE_CHECKING:
+    from anycast_agent.core.snapshot import TargetSnapshot
 
 S = TargetState
 
@@ -69,10 +73,14 @@ class TargetRecord:
     bugs: int = 0  # results of probe code that raised
     checker: CheckerFault | None = None  # the checker fault the last result was
     fault_since: float | None = None  # when the current run of checker faults began
+    # The record as snapshots show it, made by the first snapshot after a change and shared by
+    # the next ones until the record changes again (every change goes through report or skip).
+    view: TargetSnapshot | None = field(default=None, compare=False, repr=False)
 
     def report(self, result: ProbeResult, now: float) -> str | None:
         """Take one result; the log line it deserves (None: nothing worth a line). A checker
         fault leaves the state machine as it is (DESIGN §3.2a): it says nothing of the target."""
+        self.view = None
         self.last = result
         if result.checker is not None:
             began = self.checker is None
@@ -96,6 +104,11 @@ class TargetRecord:
             why = f": {result.reason}" if result.reason else ""
             return f"{before} -> {self.health.state}{why}"
         return "checker fault over: probing works again" if cleared else None
+
+    def skip(self, slots: int) -> None:
+        """Count probe slots skipped because the previous probe was still running."""
+        self.view = None
+        self.skipped += slots
 
     def blind_since(self, now: float, limit_s: float) -> bool:
         """Whether checker faults have hidden this target for longer than `limit_s`."""

@@ -153,7 +153,7 @@ class Pop:
             case ProbeSkipped(service=service, target=target, slots=slots):
                 record = self._record(service, target)
                 if record is not None:
-                    record.skipped += slots
+                    record.skip(slots)
                 return [warn(f"target {service}/{target}: probe overran, {slots} slot(s) skipped")]
             case Tick(at=at):
                 out = self._step(at)

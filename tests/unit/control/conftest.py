@@ -134,7 +134,7 @@ def make_snapshot(**overrides: Any) -> Snapshot:
         "guard_refusals": {RefusalReason.TOO_FEW: 2},
         "fleet_slots_in_use": 1,
         "fleet_slots": 3,
-        "fleet_contact_age_s": 0.5,
+        "fleet_last_contact": time.monotonic() - 0.5,
     }
     base.update(overrides)
     return Snapshot(**base)

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from anycast_agent.control import api
+from anycast_agent.control import api, metrics, status
 from anycast_agent.control.bodies import Body
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.intents import RampAction
@@ -448,6 +448,83 @@ async def test_metrics_route_serves_the_exposition(client: Client) -> None:
     resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
     assert (await resp.text()).endswith("# EOF\n")
+
+
+async def test_status_of_one_service(make_client: Any) -> None:
+    client = await make_client(FakeController(), monotonic=lambda: 1.0, wall_clock=lambda: 2.0)
+    whole = await _json(await client.get("/v1/status"))
+    data = await _json(await client.get("/v1/status", params={"service": "dns"}))
+    assert [s["name"] for s in data["services"]] == ["dns"]
+    assert data["services"][0] == whole["services"][1]
+    assert {k: v for k, v in data.items() if k != "services"} == {
+        k: v for k, v in whole.items() if k != "services"
+    }
+
+
+async def test_status_of_an_unknown_service_is_404_naming_it(client: Client) -> None:
+    resp = await client.get("/v1/status", params={"service": "nope"})
+    assert resp.status == 404
+    assert await _json(resp) == {"error": "unknown service", "detail": {"service": "nope"}}
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "detail"),
+    [
+        ("service=", "not a service name", {"service": ""}),
+        ("service=web%0A", "not a service name", {"service": "web\n"}),
+        ("service=../web", "not a service name", {"service": "../web"}),
+        ("service=web&service=dns", "give service once", {"service": ["web", "dns"]}),
+        (
+            "servcie=web",
+            "unknown query parameter",
+            {"parameters": ["servcie"], "known": ["service"]},
+        ),
+    ],
+)
+async def test_a_bad_status_query_is_400(
+    client: Client, query: str, error: str, detail: Any
+) -> None:
+    resp = await client.get(URL(f"/v1/status?{query}", encoded=True))
+    assert resp.status == 400
+    assert await _json(resp) == {"error": error, "detail": detail}
+
+
+async def test_the_time_left_and_the_contact_age_are_read_per_request(make_client: Any) -> None:
+    mono, wall = [100.0], [2000.0]
+    ctl = FakeController(snap=make_snapshot(fleet_last_contact=99.5))
+    client = await make_client(ctl, monotonic=lambda: mono[0], wall_clock=lambda: wall[0])
+    first = await _json(await client.get("/v1/status"))
+    mono[0], wall[0] = 110.0, 2500.0
+    second = await _json(await client.get("/v1/status"))
+    assert (first["fleet"]["contact_age_s"], second["fleet"]["contact_age_s"]) == (0.5, 10.5)
+    left = [d["services"][0]["med_override"]["expires_in_s"] for d in (first, second)]
+    assert left == [3000.0, 2500.0]
+
+
+async def test_a_snapshot_is_rendered_once_however_often_it_is_read(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller = FakeController()
+    client = await make_client(controller, monotonic=lambda: 100.0, wall_clock=lambda: 2000.0)
+    rendered: list[tuple[str, object]] = []
+    for module in (status, metrics):
+        real = module.render
+
+        def counting(
+            snap: Any, variant: Any = None, real: Any = real, name: str = module.__name__
+        ) -> Any:
+            rendered.append((name.rsplit(".", 1)[1], variant))
+            return real(snap) if variant is None else real(snap, variant)
+
+        monkeypatch.setattr(module, "render", counting)
+    bodies = [await (await client.get("/v1/status")).read() for _ in range(3)]
+    bodies += [await (await client.get("/metrics")).read() for _ in range(3)]
+    assert len(set(bodies[:3])) == 1
+    assert rendered == [("status", None), ("metrics", metrics.Format.TEXT)]
+    controller.snap = make_snapshot(starts=9)  # the agent's next snapshot: rendered anew
+    assert b'"starts":9' in await (await client.get("/v1/status")).read()
+    assert b"anycast_agent_starts_total 9.0" in await (await client.get("/metrics")).read()
+    assert len(rendered) == 4
 
 
 async def test_a_new_intent_is_one_table_row() -> None:

@@ -16,7 +16,8 @@ import pytest
 
 from anycast_agent.client import add_client_commands, format_status, run_client
 from anycast_agent.client_wait import wait_withdrawn
-from anycast_agent.control.api import status_json
+from anycast_agent.control import status
+from anycast_agent.control.rendering import Clocks
 from anycast_agent.control.server import ControlServer
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.intents import RampAction
@@ -80,12 +81,28 @@ async def test_status_json(agent: str) -> None:
     assert json.loads(out)["services"][0]["name"] == "web"
 
 
+async def test_status_of_one_service(agent: str) -> None:
+    code, out, err = await run(["status", "--service", "dns", "--url", agent])
+    assert (code, err) == (0, "")
+    assert any(line.startswith("dns ") for line in out.splitlines())
+    assert not any(line.startswith("web") for line in out.splitlines())
+    code, out, _ = await run(["status", "--service", "dns", "--json", "--url", agent])
+    assert [s["name"] for s in json.loads(out)["services"]] == ["dns"]
+    code, _, err = await run(["status", "--service", "nope", "--url", agent])
+    assert code == 1
+    assert err.splitlines() == [
+        "anycast-agent status: unknown service (HTTP 404)",
+        '  {"service": "nope"}',
+    ]
+
+
 def test_status_table_escapes_control_characters() -> None:
     snap = make_snapshot()
     bad = replace(
         snap.services[0], targets=(target("edge1", last_ok=False, last_reason="\x1b[2Jboom\n"),)
     )
-    text = format_status(status_json(replace(snap, services=(bad,)), 0.0))
+    doc = json.loads(status.render(replace(snap, services=(bad,))).fill(Clocks(0.0, 0.0)))
+    text = format_status(doc)
     assert "\x1b" not in text and "?[2Jboom" in text
 
 

@@ -54,6 +54,9 @@ CASES: list[Case] = [
     ("GET", "/healthz", None, {}, 200),
     ("GET", "/readyz", None, {}, 200),
     ("GET", "/v1/status", None, {}, 200),
+    ("GET", "/v1/status?service=web", None, {}, 200),
+    ("GET", "/v1/status?service=nope", None, {}, 404),
+    ("GET", "/v1/status?service=no%20pe", None, {}, 400),
     ("GET", "/metrics", None, {}, 200),
     ("POST", "/v1/services/web/drain", {"reason": "x"}, AUTH, 200),
     ("POST", "/v1/services/web/drain", {"reason": "x"}, {}, 401),
@@ -133,5 +136,5 @@ def _documented(method: str, path: str) -> set[int]:
 
 
 def _matches(template: str, path: str) -> bool:
-    t, p = template.split("/"), path.split("/")
+    t, p = template.split("/"), path.partition("?")[0].split("/")
     return len(t) == len(p) and all(a == b or a.startswith("{") for a, b in zip(t, p, strict=True))

@@ -13,6 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from anycast_agent.control import metrics
+from anycast_agent.control.rendering import Clocks
 from tests.lab.prereqs import require_tool
 from tests.unit.control.conftest import make_snapshot
 
@@ -52,8 +53,8 @@ def documented_metrics() -> set[str]:
 
 
 def exported_names() -> set[str]:
-    """Sample names the collector exports for a snapshot with every kind of value present."""
-    body, _ = metrics.render(metrics.make_registry(make_snapshot), "")
+    """Sample names the agent exports for a snapshot with every kind of value present."""
+    body = metrics.render(make_snapshot(), metrics.Format.TEXT).fill(Clocks(0.0, 0.0))
     return {
         sample.name
         for family in text_string_to_metric_families(body.decode())
@@ -131,3 +132,72 @@ def test_every_metric_used_is_documented_and_exported(source: str) -> None:
 
 def test_docs_and_collector_agree() -> None:
     assert documented_metrics() == exported_names()
+
+
+def _target_state_row() -> str:
+    text = (DOCS / "metrics.md").read_text(encoding="utf-8")
+    return next(
+        line for line in text.splitlines() if line.startswith("| `anycast_agent_target_state`")
+    )
+
+
+def test_the_target_state_codes_are_documented_as_exported() -> None:
+    documented = {
+        name: int(code) for code, name in re.findall(r"`(\d)` (\w+)", _target_state_row())
+    }
+    assert documented == {s.value: c for s, c in metrics.TARGET_STATE_CODES.items()}
+
+
+def test_the_dashboard_names_the_target_state_codes() -> None:
+    (panel,) = [p for p in _dashboard()["panels"] if "anycast_agent_target_state" in str(p)]
+    (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+    shown = {int(code): m["text"] for code, m in mapping["options"].items()}
+    assert shown == {c: s.value for s, c in metrics.TARGET_STATE_CODES.items()}
+    # No label of the old one-hot form is left in a query.
+    assert all("state=" not in e and "state!=" not in e for e in _dashboard_exprs())
+
+
+def test_the_dashboards_target_state_query_under_promtool(tmp_path: Path) -> None:
+    """The panel's own query, evaluated by Prometheus' engine: every target not healthy, with
+    its state code, and never one that is healthy."""
+    (expr,) = [e for e in _dashboard_exprs() if "anycast_agent_target_state" in e]
+    expr = expr.replace("$instance", ".*").replace("$service", ".*")
+
+    def series(target: str) -> str:
+        return (
+            f'anycast_agent_target_state{{job="anycast-agent",instance="pop1",service="web",'
+            f'target="{target}"}}'
+        )
+
+    codes = {s.value: c for s, c in metrics.TARGET_STATE_CODES.items()}
+    test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series(state), "values": f"1 {code}"}
+                    for state, code in codes.items()
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": series(state), "value": code}
+                            for state, code in codes.items()
+                            if state != "healthy"
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "dashboard-query.yml"
+    path.write_text(yaml.safe_dump(test, sort_keys=False))
+    promtool = require_tool("promtool", "prometheus")
+    run = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr

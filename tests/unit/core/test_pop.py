@@ -26,6 +26,7 @@ from anycast_agent.core.events import (
     IntentSubmitted,
     NeighborChanged,
     Persisted,
+    ProbeSkipped,
     RampRequest,
     RibRead,
     SetMedRequest,
@@ -198,6 +199,39 @@ def test_a_held_route_the_config_no_longer_maps_is_drained_out_at_start() -> Non
     [withdraw] = routes_of(pb.tick(30))  # after drain_grace
     assert isinstance(withdraw, Withdraw) and withdraw.key == gone
     assert set(pb.routes()) == {RouteKey(N1, WEB), RouteKey(N1, API)}
+
+
+def test_each_service_shows_its_own_routes_held_and_wanted() -> None:
+    cfg = config(services=[_service("web", WEB), _service("api", API)], neighbors=(N1, N2))
+    pb = Playbook(cfg)
+    pb.sync(held={RouteKey(N2, API): A100})  # held by ExaBGP from before, not wanted yet
+    pb.auto_ack = None
+    pb.health(0, "hhh", service="web")  # wanted, not acknowledged yet
+    web, api = pb.service("web"), pb.service("api")
+    assert [(r.prefix, r.neighbor, r.accepted) for r in web.routes] == [
+        (WEB, N1, None),
+        (WEB, N2, None),
+    ]
+    assert all(r.wanted is not None for r in web.routes)
+    assert [(r.prefix, r.neighbor, r.accepted) for r in api.routes] == [(API, N2, A100)]
+
+
+def test_a_snapshot_shows_every_change_of_a_target_and_shares_the_rest() -> None:
+    pb = started(config())
+    pb.health(0, "hhh")
+    first = pb.service().targets
+    pb.result(1, "e0", False)
+    pb.send(ProbeSkipped(pb.at(1), "web", "e1", 2))
+    pb.tick(1)
+    second = pb.service().targets
+    assert second[0].state is TargetState.SUSPICIOUS
+    assert second[0].probes_failed == first[0].probes_failed + 1
+    assert second[0].last_reason == "HTTP 500"
+    assert second[1].skipped_slots == first[1].skipped_slots + 2
+    assert second[2] is first[2]  # unchanged: the same row, made once
+    pb.result(2, "e2", True)
+    pb.tick(2)
+    assert pb.service().targets[2].probes_ok == first[2].probes_ok + 1
 
 
 def test_more_than_half_of_the_routes_leaving_is_held_back_until_confirmed() -> None:

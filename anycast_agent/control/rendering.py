@@ -1,0 +1,104 @@
+"""Encodings of a snapshot made once and shared: the bytes the snapshot fixes, with the few values
+that depend on the clock (ages, time left) filled in per request, and one cache that hands every
+concurrent reader of a snapshot the same rendering."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
+
+S = TypeVar("S")
+
+
+class Clocks(NamedTuple):
+    """The request's time: monotonic (ages) and wall clock (expiries)."""
+
+    mono: float
+    wall: float
+
+
+Live = Callable[[Clocks], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A rendering: bytes, and in between them the values read from the clock per request."""
+
+    parts: tuple[bytes | Live, ...]
+
+    def fill(self, clocks: Clocks) -> bytes:
+        """The body for a request at `clocks`: the very same bytes object while no part is live."""
+        if len(self.parts) == 1 and isinstance(self.parts[0], bytes):
+            return self.parts[0]
+        return b"".join(p if isinstance(p, bytes) else p(clocks) for p in self.parts)
+
+
+class Writer:
+    """Builds an `Encoded` from text and live parts (consecutive text becomes one bytes part)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes | Live] = []
+        self._text: list[str] = []
+
+    def text(self, s: str) -> None:
+        self._text.append(s)
+
+    def live(self, part: Live) -> None:
+        self._flush()
+        self._parts.append(part)
+
+    def done(self) -> Encoded:
+        self._flush()
+        return Encoded(tuple(self._parts) or (b"",))
+
+    def _flush(self) -> None:
+        if self._text:
+            self._parts.append("".join(self._text).encode())
+            self._text = []
+
+
+class Renderings:
+    """At most one rendering per snapshot and variant, shared by every request that asks for it,
+    made in a worker thread (several ms at thousands of targets must not stall the probes).
+
+    Only the latest snapshot's renderings are kept: a new snapshot (the agent makes one per
+    change) drops the older ones, which their own waiters still hold until they are answered.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot: object | None = None
+        self._made: dict[Hashable, asyncio.Future[Encoded]] = {}
+        self._flying: dict[Hashable, asyncio.Future[Encoded]] = {}
+
+    async def get(
+        self,
+        snapshot: Callable[[], S],
+        variant: Hashable,
+        render: Callable[[S], Encoded],
+        *,
+        join: bool = False,
+    ) -> Encoded:
+        """The rendering of `variant` for the current snapshot. `join`: a rendering of the same
+        variant already under way serves this request too, although its snapshot is older by
+        at most that rendering's duration (for scrapes; never for a read after a change)."""
+        flying = self._flying.get(variant) if join else None
+        if flying is not None:
+            return await asyncio.shield(flying)
+        snap = snapshot()
+        if snap is not self._snapshot:
+            self._snapshot, self._made = snap, {}
+        made = self._made.get(variant)
+        if made is None:
+            made = asyncio.get_running_loop().run_in_executor(None, render, snap)
+            self._made[variant] = self._flying[variant] = made
+            made.add_done_callback(lambda f: self._landed(variant, f))
+        return await asyncio.shield(made)
+
+    def _landed(self, variant: Hashable, future: asyncio.Future[Encoded]) -> None:
+        if self._flying.get(variant) is future:
+            del self._flying[variant]
+        failed = not future.cancelled() and future.exception() is not None
+        if failed and self._made.get(variant) is future:
+            del self._made[variant]  # never served again: the next request tries anew
