@@ -7,7 +7,7 @@ import subprocess
 import time
 
 from bench.nginx import Nginx
-from bench.procstat import Usage, mem_available_kib, usage
+from bench.procstat import Usage, cost, mem_available_kib, usage
 from bench.sandbox import Sandbox
 from bench.targets import Timing, target_url
 
@@ -94,16 +94,8 @@ def run_baseline(
     if alive < n // 2:
         row["skipped"] = f"only {alive} of {n} healthcheck processes stayed up"
         return row
-    wall_s = t1 - t0
-    cpu_s = after.cpu_s - before.cpu_s
+    row.update(cost(before, after, probes, t1 - t0))
     row.update(
-        window_s=round(wall_s, 2),
-        probes=probes,
-        probes_per_s=round(probes / wall_s, 1),
-        cpu_s=round(cpu_s, 3),
-        cpu_ms_per_probe=round(1000 * cpu_s / probes, 3) if probes else None,
-        cpu_pct_one_core=round(100 * cpu_s / wall_s, 1),
-        rss_mib=round(after.hwm_kib / 1024, 1),
         rss_mib_per_process=round(after.hwm_kib / 1024 / n, 1),
         processes_alive=alive,
         jitter_p50_ms=None,
@@ -122,14 +114,14 @@ def run_baseline(
 
 
 def _total(procs: list[subprocess.Popen[bytes]]) -> Usage:
-    cpu, rss, hwm = 0.0, 0, 0
+    cpu, rss, hwm, sys = 0.0, 0, 0, 0.0
     for proc in procs:
         try:
             u = usage(proc.pid)
         except FileNotFoundError:
             continue
-        cpu, rss, hwm = cpu + u.cpu_s, rss + u.rss_kib, hwm + u.hwm_kib
-    return Usage(cpu, rss, hwm)
+        cpu, rss, hwm, sys = cpu + u.cpu_s, rss + u.rss_kib, hwm + u.hwm_kib, sys + u.sys_s
+    return Usage(cpu, rss, hwm, sys)
 
 
 def exabgp_version() -> str:

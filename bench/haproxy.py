@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.nginx import Nginx
-from bench.procstat import usage
+from bench.procstat import cost, usage
 from bench.sandbox import Sandbox
 from bench.targets import HTTP_PORT, Timing, target_address
 
@@ -123,17 +123,8 @@ def run_haproxy(
         box.stop(proc)
     time.sleep(1.2)  # nginx flushes its access log every second
     probes = nginx.requests(wall0, wall1)
-    wall_s = t1 - t0
-    cpu_s = after.cpu_s - before.cpu_s
+    row.update(cost(before, after, probes, t1 - t0))
     row.update(
-        window_s=round(wall_s, 2),
-        probes=probes,
-        probes_per_s=round(probes / wall_s, 1),
-        cpu_s=round(cpu_s, 3),
-        cpu_ms_per_probe=round(1000 * cpu_s / probes, 3) if probes else None,
-        cpu_pct_one_core=round(100 * cpu_s / wall_s, 1),
-        cpu_sys_share=round((after.sys_s - before.sys_s) / cpu_s, 2) if cpu_s else None,
-        rss_mib=round(after.hwm_kib / 1024, 1),
         jitter_p50_ms=None,
         jitter_p99_ms=None,
         missed_slots=None,

@@ -17,6 +17,22 @@ class Usage:
     sys_s: float = 0.0  # the system part of cpu_s (the kernel's work on the process's behalf)
 
 
+def cost(before: Usage, after: Usage, probes: int, wall_s: float) -> dict[str, object]:
+    """A baseline row's figures over one window: probes, CPU (per probe, of one core, the
+    kernel's share) and peak memory."""
+    cpu_s = after.cpu_s - before.cpu_s
+    return {
+        "window_s": round(wall_s, 2),
+        "probes": probes,
+        "probes_per_s": round(probes / wall_s, 1),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_ms_per_probe": round(1000 * cpu_s / probes, 3) if probes else None,
+        "cpu_pct_one_core": round(100 * cpu_s / wall_s, 1),
+        "cpu_sys_share": round((after.sys_s - before.sys_s) / cpu_s, 2) if cpu_s else None,
+        "rss_mib": round(after.hwm_kib / 1024, 1),
+    }
+
+
 def usage(pid: int) -> Usage:
     """Raises FileNotFoundError once the process is gone."""
     stat = Path(f"/proc/{pid}/stat").read_text()

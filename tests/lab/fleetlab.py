@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.lab.bird import BirdRoute, ImportCounters
 from tests.lab.exabgp import ExabgpVersion
-from tests.lab.netns import Netns, veth_pair
+from tests.lab.netns import Netns
 from tests.lab.processes import signal_pid, terminate
 from tests.lab.topology_description import (
     QUICK_TIMERS,
@@ -48,7 +48,7 @@ from tests.lab.topology_description import (
     TwoPopDescription,
     VethLink,
 )
-from tests.lab.twopop import Client, KernelBird, PopNode, TwoPopLab
+from tests.lab.twopop import Client, PopNode, TwoPopLab
 from tests.lab.wait import wait_for
 
 ETCD = "etcd"  # found on PATH by `ip netns exec` (Debian: /usr/bin/etcd)
@@ -499,27 +499,12 @@ class FleetLab(TwoPopLab):
             raise RuntimeError("FleetLab not built")
         return self._etcd
 
+    def _ns_suffix(self, node: str) -> str:
+        return _NS_SUFFIX.get(node) or "p" + node.removeprefix("pop")
+
     def _build(self) -> None:
         desc = self.fleet
-        for node in desc.nodes:
-            suffix = _NS_SUFFIX.get(node) or "p" + node.removeprefix("pop")
-            self.namespaces[node] = self._add_netns(f"{self.lab_id}-{suffix}")
-        for link in desc.links:
-            veth_pair(self.ns(link.a.node), link.a.ifname, self.ns(link.b.node), link.b.ifname)
-        for node in desc.nodes:
-            ns = self.ns(node)
-            for endpoint in desc.endpoints(node):
-                ns.add_address(endpoint.ifname, endpoint.address)
-            for cidr in desc.loopback_addresses(node):
-                ns.add_address("lo", cidr)
-            if desc.forwarding(node):
-                ns.sysctl("net.ipv4.ip_forward", "1")
-        for route in desc.routes:
-            self.ns(route.node).ip("route", "add", route.prefix, "via", route.via)
-        self._bird = KernelBird(
-            self.ns("upstream"), self.workdir, desc.bird_config(), desc.bird_conf()
-        )
-        self.bird.start()
+        self._build_network()
         self._etcd = EtcdMember(self.ns(ETCD_NODE), self.workdir, desc.etcd_address)
         self.etcd.start()
         for pop in desc.pops:

@@ -223,9 +223,18 @@ class TwoPopLab(Lab):
         return self.namespaces[node]
 
     def _build(self) -> None:
+        self._build_network()
+        for pop in self.description.pops:
+            self.pops[pop.name] = PopNode(self, pop.name, self.ns(pop.name))
+
+    def _ns_suffix(self, node: str) -> str:
+        return _NS_SUFFIX[node]
+
+    def _build_network(self) -> None:
+        """Every node's namespace, link, address and route, then the upstream's BIRD."""
         desc = self.description
         for node in desc.nodes:
-            self.namespaces[node] = self._add_netns(f"{self.lab_id}-{_NS_SUFFIX[node]}")
+            self.namespaces[node] = self._add_netns(f"{self.lab_id}-{self._ns_suffix(node)}")
         for link in desc.links:
             veth_pair(self.ns(link.a.node), link.a.ifname, self.ns(link.b.node), link.b.ifname)
         for node in desc.nodes:
@@ -242,8 +251,6 @@ class TwoPopLab(Lab):
             self.ns("upstream"), self.workdir, desc.bird_config(), desc.bird_conf()
         )
         self.bird.start()
-        for pop in desc.pops:
-            self.pops[pop.name] = PopNode(self, pop.name, self.ns(pop.name))
 
     # -- observations ------------------------------------------------------------------------
 
