@@ -13,7 +13,7 @@ APT_PACKAGES := bird2 iproute2 nftables procps systemd util-linux prometheus ngi
 export ANYCAST_TEST_EXABGP_50 := $(CURDIR)/$(VENV)/bin/exabgp
 export ANYCAST_TEST_EXABGP_42 := $(CURDIR)/$(VENV42)/bin/exabgp
 
-.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-scale bench-fast bench-knee bench-control bench-dns fuzz clean
+.PHONY: all deps venv lint test unit chaos demo demo-fleet bench bench-scale bench-fast bench-knee bench-control bench-loss bench-dns fuzz clean
 
 all: test
 
@@ -101,6 +101,13 @@ CONTROL_ROUNDS ?= 2
 bench-control: deps venv
 	$(PY) -m bench --parts control --sizes 2000 --control-rounds $(CONTROL_ROUNDS) \
 	  $(foreach b,$(CONTROL_BASE),--control-base $(b))
+
+# False withdraws under packet loss on the edge links: 1 % and 5 % of the packets dropped each
+# way, 5 minutes per rate (about 11 minutes), six services side by side (fast 100 ms kept alive
+# and fresh, and 1 s; a pair with min_healthy 1 and a single target each). Not part of `make
+# bench`; writes its own dated section of docs/performance.md.
+bench-loss: deps venv
+	$(PY) -m bench --parts loss
 
 # The DNS probe (dnspython) against the hand-written one it replaced, side by side.
 bench-dns: deps venv

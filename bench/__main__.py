@@ -25,6 +25,7 @@ from bench.detection import (
     run_fast_detection,
 )
 from bench.knee import KneePlan, run_knee
+from bench.loss import LossPlan, run_loss
 from bench.probe_scale import ScalePlan, run_probe_scale
 from bench.procstat import loadavg, machine
 from bench.report import haproxy_ratios, markdown, performance_doc, ratio, targets, versions
@@ -32,6 +33,8 @@ from bench.sections import dated_section, kept_dated_sections, with_dated_sectio
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("scale", "detection", "fast", "knee", "control")
+# Parts a full run leaves out (asked for by name: `make bench-loss`).
+SEPARATE_PARTS = ("loss",)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -53,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=20.0)
     p.add_argument("--baseline-warmup", type=float, default=15.0)
     p.add_argument(
-        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS + SEPARATE_PARTS)} (all but "
+        f"{','.join(SEPARATE_PARTS)} by default)",
     )
     p.add_argument(
         "--skip-detection", action="store_true", help="same as leaving it out of --parts"
@@ -83,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         "tree), alternating with this tree's in the same run; repeatable",
     )
     p.add_argument("--control-rounds", type=int, default=1, help="control-plane runs per tree")
+    p.add_argument(
+        "--loss-rates", default="1,5", help="loss part: packet loss rates, %% of each way"
+    )
+    p.add_argument("--loss-window", type=float, default=300.0, help="loss part: s per rate")
     p.add_argument("--smoke", action="store_true", help="N=20 for a few seconds (CI)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
@@ -100,8 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         write_docs(args.docs, result, markdown(result), args.render, smoke=False)
         return 0
     args.parts = {part for part in args.parts.split(",") if part}
-    if unknown := args.parts - set(PARTS):
-        p.error(f"unknown --parts {sorted(unknown)}; choose from {','.join(PARTS)}")
+    if unknown := args.parts - set(PARTS + SEPARATE_PARTS):
+        p.error(f"unknown --parts {sorted(unknown)}; "
+                f"choose from {','.join(PARTS + SEPARATE_PARTS)}")  # fmt: skip
+    try:
+        args.loss_rates = tuple(float(r) for r in args.loss_rates.split(",") if r)
+    except ValueError:
+        p.error(f"--loss-rates: expected percentages like 1,5, got {args.loss_rates!r}")
+    if not args.loss_rates or not all(0 < r < 100 for r in args.loss_rates):
+        p.error(f"--loss-rates: each rate must be in (0, 100), got {args.loss_rates!r}")
     for option in ("fast_faults", "fast_slow_faults"):
         if unknown := {f for f in getattr(args, option).split(",") if f} - set(FAULTS):
             p.error(f"unknown --{option.replace('_', '-')} {sorted(unknown)}; choose from "
@@ -119,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fast_n, args.fast_trials, args.fast_slow_faults = 20, 2, ""
         args.knee_modes, args.knee_start, args.knee_ceiling = "fresh", 20, 30
         args.knee_max_runs, args.knee_window = 2, 3.0
+        args.loss_rates, args.loss_window = (5.0,), 5.0
     plan = ScalePlan(
         sizes=args.sizes,
         modes=tuple(m for m in args.modes.split(",") if m),
@@ -224,6 +242,17 @@ def run_all(
         control = run_control_plane(
             work, args.control_n or big, args.python, plan.warmup_s, trees, cplan
         )
+    loss: dict[str, Any] = {"skipped": "not requested (--parts)"}
+    if "loss" in args.parts:
+        lplan = LossPlan(
+            python=args.python,
+            exabgp=args.exabgp or exabgp_beside(args.python),
+            rates_pct=args.loss_rates,
+            window_s=args.loss_window,
+        )
+        print(f"loss: rates {lplan.rates_pct} %, {lplan.window_s:g} s each, "
+              f"{len(lplan.services)} services")  # fmt: skip
+        loss = run_loss(work, lplan)
     haproxy = haproxy_ratios(rows)
     return {
         "date": now.isoformat(timespec="seconds"),
@@ -252,6 +281,7 @@ def run_all(
         "fast_detection": fast,
         "knee": knee,
         "control_plane": control,
+        "loss": loss,
     }
 
 

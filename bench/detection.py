@@ -122,7 +122,7 @@ def unavailable(plan: DetectionPlan) -> str:
 def run_detection(work: Path, plan: DetectionPlan) -> dict[str, Any]:
     if note := unavailable(plan):
         return {"skipped": note}
-    with _lab(work) as (pop, gobgp):
+    with edge_lab(work) as (pop, gobgp):
         return _case(pop, gobgp, work, plan)
 
 
@@ -133,7 +133,7 @@ def run_fast_detection(work: Path, plan: FastPlan) -> dict[str, Any]:
     if note := unavailable(cases[0]):
         return {"skipped": note}
     out: dict[str, Any] = {"n": plan.n, "trials": plan.trials, "cases": []}
-    with _lab(work) as (pop, gobgp):
+    with edge_lab(work) as (pop, gobgp):
         for case in cases:
             result = _case(pop, gobgp, work, case)
             floor_ms = 1000 * case.timing.fall * case.timing.interval_s
@@ -148,7 +148,7 @@ def run_fast_detection(work: Path, plan: FastPlan) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _lab(work: Path) -> Iterator[tuple[Sandbox, Gobgp]]:
+def edge_lab(work: Path) -> Iterator[tuple[Sandbox, Gobgp]]:
     """The two namespaces, nginx serving every target and GoBGP monitored, for one or more
     cases."""
     with Sandbox("up") as up, Sandbox("pop") as pop:
@@ -236,12 +236,18 @@ def _agent_exabgp_conf(work: Path, plan: DetectionPlan) -> Path:
             "targets": [{"name": TARGET, "http": {"url": MEASURED_URL}}],
         }
     )
-    agent_yaml = write_config(work / f"agent-{plan.label}.yaml", config)
+    return agent_exabgp_conf(work, plan.label, config, plan.python)
+
+
+def agent_exabgp_conf(work: Path, label: str, config: dict[str, Any], python: str) -> Path:
+    """ExaBGP's config running the agent with `config` as its API process, rendered by the
+    agent itself (`anycast-agent render exabgp`), as deployed."""
+    agent_yaml = write_config(work / f"agent-{label}.yaml", config)
     rendered = run(
-        [plan.python, "-m", "anycast_agent", "render", "exabgp", "--config", str(agent_yaml),
-         "--agent", f"{plan.python} -m anycast_agent"]
+        [python, "-m", "anycast_agent", "render", "exabgp", "--config", str(agent_yaml),
+         "--agent", f"{python} -m anycast_agent"]
     )  # fmt: skip
-    conf = work / f"exabgp-agent-{plan.label}.conf"
+    conf = work / f"exabgp-agent-{label}.conf"
     conf.write_text(rendered)
     return conf
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.control_plane import markdown as control_markdown
 from bench.haproxy import haproxy_version
+from bench.loss import loss_markdown
 
 COLUMNS = (
     ("engine", "engine"),
@@ -169,6 +170,8 @@ def markdown(result: dict[str, Any]) -> str:
     if "control" in parts:
         section = result["control_plane"]
         lines += ["", *control_markdown(section)]
+    if "loss" in parts:
+        lines += ["", *loss_markdown(result["loss"])]
     return "\n".join(lines).lstrip("\n")
 
 

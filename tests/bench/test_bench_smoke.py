@@ -107,3 +107,30 @@ def test_smoke_run_writes_a_complete_results_document(tmp_path: Path) -> None:
     present = {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
     left = present & set(result["namespaces"])
     assert not left, f"the bench left namespaces behind: {sorted(left)}"
+
+
+def test_smoke_loss_run_counts_every_service(tmp_path: Path) -> None:
+    """`make bench-loss`'s part, 5 s at 5 %: every service's probes and withdraws are counted,
+    read from the agent's status and the upstream's RIB."""
+    docs = tmp_path / "performance.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--parts", "loss", "--out-dir", str(tmp_path),
+         "--docs", str(docs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out,) = tmp_path.glob("*-smoke.json")
+    loss = json.loads(out.read_text())["loss"]
+    assert "skipped" not in loss or not IN_CI, loss
+    if "skipped" in loss:
+        pytest.skip(loss["skipped"])
+    (run,) = loss["runs"]
+    assert run["loss_pct"] == 5.0 and run["window_s"] >= 5.0
+    assert run["services"].keys() == loss["services"].keys()
+    assert len(run["services"]) == 6
+    for name, figures in run["services"].items():
+        assert figures["probes"] > 0, (name, figures)
+        assert 0 <= figures["withdrawn_s"] <= run["window_s"], (name, figures)
+        assert figures["withdraws"] >= 0 and figures["went_unhealthy"] >= 0
+    assert "| loss | service | timing |" in proc.stdout
+    assert not docs.exists(), "a smoke run must not rewrite docs/performance.md"
