@@ -1,17 +1,35 @@
 """The core's start and reloads: what it learns from ExaBGP when it starts, and a new config
-taken as a diff, without losing what still applies."""
+taken as a diff, without losing what still applies; and ExaBGP's answers to route commands."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
-from anycast_agent.core.commands import Command, StartProbe, error, info, warn
-from anycast_agent.core.events import CanaryObserved, ConfigSwapped, RibRead, Synced
+from anycast_agent.core.commands import (
+    Command,
+    RemoveVip,
+    StartProbe,
+    Withdraw,
+    describe,
+    error,
+    info,
+    warn,
+)
+from anycast_agent.core.events import (
+    AckResult,
+    CanaryObserved,
+    CommandAcked,
+    ConfigSwapped,
+    RibRead,
+    Synced,
+)
 from anycast_agent.core.fleet_intents import apply_ctl
 from anycast_agent.core.health import carry_targets
 from anycast_agent.core.intents import POP, Intents
+from anycast_agent.core.rib import REFUSED_RETRY_S
+from anycast_agent.core.spec import AddressMode
 from anycast_agent.core.traffic import adopt
 from anycast_agent.core.vips import VipGate
 from anycast_agent.model import NeighborState
@@ -134,3 +152,33 @@ def canary_observed(pop: Pop, event: CanaryObserved) -> list[Command]:
             "is frozen until the agent can probe its own loopback"
         )
     ]
+
+
+def acked(pop: Pop, event: CommandAcked) -> list[Command]:
+    """ExaBGP's answer to a route command: the RIB counts it only now (a refusal is retried
+    later, an unanswered command too); a managed address leaves once no route needs it."""
+    command, now = event.command, event.at.mono
+    pop.acked[event.result] = pop.acked.get(event.result, 0) + 1
+    pop.rib.in_flight.discard(command.key)
+    match event.result:
+        case AckResult.DONE:
+            pop.rib.accepted(command)
+        case AckResult.ERROR:
+            retry_at = pop.rib.refused(command, now)
+            again = "" if retry_at is None else f"; tried again in {retry_at - now:.0f}s"
+            return [error(f"ExaBGP refused {describe(command)}{again}")]
+        case AckResult.TIMEOUT:
+            pop.rib.unanswered(command, now + REFUSED_RETRY_S)
+            return []
+        case _:
+            assert_never(event.result)
+    prefix = command.key.prefix
+    if (
+        isinstance(command, Withdraw)
+        and pop.spec.addresses is AddressMode.MANAGE
+        and pop.spec.remove_vip_on_withdraw
+        and not any(k.prefix == prefix for k in (*pop.rib.held, *pop.rib.in_flight))
+    ):
+        pop.vips.up.discard(prefix)
+        return [RemoveVip(prefix)]
+    return []

@@ -23,11 +23,7 @@ from anycast_agent.core.commands import (
     LogLevel,
     Persist,
     Ready,
-    RemoveVip,
     RouteCommand,
-    Withdraw,
-    describe,
-    error,
     info,
     warn,
 )
@@ -58,14 +54,14 @@ from anycast_agent.core.fleet import FleetGate, published_states
 from anycast_agent.core.fleet_intents import fleet_event
 from anycast_agent.core.health import TargetRecord, capacity
 from anycast_agent.core.intents import Intents
-from anycast_agent.core.lifecycle import canary_observed, reread, swapped, synced
+from anycast_agent.core.lifecycle import acked, canary_observed, reread, swapped, synced
 from anycast_agent.core.orphans import Orphans
 from anycast_agent.core.policy import Decision, decide
 from anycast_agent.core.requests import Pending, persisted, submitted
-from anycast_agent.core.rib import REFUSED_RETRY_S, Rib
+from anycast_agent.core.rib import Rib
 from anycast_agent.core.sessions import Sessions
 from anycast_agent.core.snapshot import About, Snapshot, build_snapshot
-from anycast_agent.core.spec import AddressMode, PopSpec, ServiceSpec, route_keys
+from anycast_agent.core.spec import PopSpec, ServiceSpec, route_keys
 from anycast_agent.core.traffic import (
     Memory,
     Outcome,
@@ -160,7 +156,7 @@ class Pop:
             case Synced():
                 out = synced(self, event)
             case CommandAcked():
-                out = self._acked(event)
+                out = acked(self, event)
             case NeighborChanged(neighbor=peer, state=state, reason=reason):
                 self.neighbors[peer] = state
                 if state is NeighborState.ESTABLISHED:
@@ -242,33 +238,6 @@ class Pop:
 
     def _record(self, service: str, target: str) -> TargetRecord | None:
         return self._records.get((service, target))
-
-    def _acked(self, event: CommandAcked) -> list[Command]:
-        command, now = event.command, event.at.mono
-        self.acked[event.result] = self.acked.get(event.result, 0) + 1
-        self.rib.in_flight.discard(command.key)
-        match event.result:
-            case AckResult.DONE:
-                self.rib.accepted(command)
-            case AckResult.ERROR:
-                retry_at = self.rib.refused(command, now)
-                again = "" if retry_at is None else f"; tried again in {retry_at - now:.0f}s"
-                return [error(f"ExaBGP refused {describe(command)}{again}")]
-            case AckResult.TIMEOUT:
-                self.rib.unanswered(command, now + REFUSED_RETRY_S)
-                return []
-            case _:
-                assert_never(event.result)
-        prefix = command.key.prefix
-        if (
-            isinstance(command, Withdraw)
-            and self.spec.addresses is AddressMode.MANAGE
-            and self.spec.remove_vip_on_withdraw
-            and not any(k.prefix == prefix for k in (*self.rib.held, *self.rib.in_flight))
-        ):
-            self.vips.up.discard(prefix)
-            return [RemoveVip(prefix)]
-        return []
 
     # -- the decision step -------------------------------------------------------------------
 
