@@ -40,10 +40,10 @@ from anycast_agent.fleet.operator import (
     Operator,
     OperatorRefused,
     RampChange,
-    Scope,
     Written,
 )
 from anycast_agent.fleet.operator_status import format_status, status_document
+from anycast_agent.fleet.operator_view import Scope
 
 DEFAULT_ETCD = Path("/etc/anycast-agent/fleet-operator.yaml")
 MED_LIMIT = 4294967294  # the highest MED an agent takes from ctl/intent (core.fleet_intents)

@@ -7,12 +7,12 @@ import json
 
 from anycast_agent.client import clean, table
 from anycast_agent.core.fleet_intents import ramp_share
-from anycast_agent.fleet.operator import (
+from anycast_agent.fleet.operator_view import (
     Snapshot,
     Value,
-    _applied,
-    _ascii,
-    _ramp_fields,
+    applied_rev,
+    ascii_text,
+    ramp_fields,
     value_of,
 )
 
@@ -26,9 +26,9 @@ def status_document(
     ctl_rev = snap.ctl_revision()
     ctl: list[Value] = []
     for key, kv in sorted(snap.under("ctl/").items()):
-        entry: Value = {**(value_of(kv) or {"value": _ascii(kv.value)}), "key": key}
+        entry: Value = {**(value_of(kv) or {"value": ascii_text(kv.value)}), "key": key}
         entry["expiring"] = bool(kv.lease)
-        if key.startswith("ramp/") and (ramp := _ramp_fields(entry)):
+        if key.startswith("ramp/") and (ramp := ramp_fields(entry)):
             entry["active"] = sorted(ramp_share(ramp[2], ramp[1], ramp[0]))
         ctl.append(entry)
     budget = value_of(snap.keys.get("ctl/budget")) or {}
@@ -42,7 +42,9 @@ def status_document(
             "source": "ctl/budget" if budget else "agent default",
             "slots": budget.get("slots"),
             "window_s": budget.get("window_s"),
-            "taken": {n: _ascii(kv.value) for n, kv in sorted(snap.under("budget/slot/").items())},
+            "taken": {
+                n: ascii_text(kv.value) for n, kv in sorted(snap.under("budget/slot/").items())
+            },
         },
         "pops": {
             p: {
@@ -50,11 +52,11 @@ def status_document(
                 "version": i.version,
                 "mode": i.mode,
                 "ctl_rev_applied": i.ctl_rev_applied,
-                "applied": _applied(i) >= ctl_rev,
+                "applied": applied_rev(i) >= ctl_rev,
             }
             for p, i in sorted(pops.items())
         },
-        "not_applied": sorted(p for p, i in pops.items() if _applied(i) < ctl_rev),
+        "not_applied": sorted(p for p, i in pops.items() if applied_rev(i) < ctl_rev),
         "ctl": ctl,
         "services": [_service(snap, name, set(pops), region is None) for name in names],
     }
