@@ -384,6 +384,11 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   half from 2,000 until a step fails (or reaches 8,000: nginx here holds 8,192 connections),
   then the gap is halved until within 10 %, at most 7 steps of {result["plan"]["warmup_s"]:g} s
   warm-up and a short window each. nginx shares the machine's two cores with the agent.
+- **Loss** (`make bench-loss`, not part of `make bench`: 5 minutes per rate; its own dated
+  section below): false withdraws when 1 % or 5 % of the edges' packets are dropped each way
+  (an nft `numgen random` rule: this kernel has no netem), the edges never down, six services
+  side by side in one agent (fast kept alive, fast fresh and 1 s; a pair of targets with
+  `min_healthy: 1` and a single target each), counted in the upstream's RIB.
 - The agent's HTTP probes here are callback probes on the probe engine (one timer heap, one
   epoll set, no coroutine per check; fresh connections closed with a reset), and the heap is
   frozen after start (`gc.freeze`): docs/design-notes.md says why, from py-spy profiles.
