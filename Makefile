@@ -103,9 +103,10 @@ bench-control: deps venv
 	  $(foreach b,$(CONTROL_BASE),--control-base $(b))
 
 # False withdraws under packet loss on the edge links: 1 % and 5 % of the packets dropped each
-# way, 5 minutes per rate (about 11 minutes), six services side by side (fast 100 ms kept alive
-# and fresh, and 1 s; a pair with min_healthy 1 and a single target each). Not part of `make
-# bench`; writes its own dated section of docs/performance.md.
+# way, 5 minutes per rate (about 11 minutes), seven services side by side (fast 100 ms kept alive
+# and fresh, and 1 s; a pair with min_healthy 1 and a single target each; a single target at
+# 100 ms with fall 5). Not part of `make bench`; writes its own dated section of
+# docs/performance.md.
 bench-loss: deps venv
 	$(PY) -m bench --parts loss
 

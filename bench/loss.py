@@ -1,11 +1,12 @@
 """Loss bench: how often packet loss on the edge links withdraws a healthy service (issue 18).
 
 The detection bench's lab (`bench.detection.edge_lab`: GoBGP upstream, ExaBGP and the agent as
-deployed, nginx serving every edge) with six services side by side in one agent: a pair of
+deployed, nginx serving every edge) with seven services side by side in one agent: a pair of
 targets with `min_healthy: 1` and a single target, each at fast timing (100 ms, timeout
 80 ms, fall 3, rise 2) with kept-alive connections (what docs recommend for fast mode), at
-fast timing with a fresh connection per probe, and at the default 1 s timing. The edges never
-go down: every withdraw the upstream sees is a false one.
+fast timing with a fresh connection per probe, and at the default 1 s timing; and a single
+target at fast timing kept alive with fall 5 (the sizing README advises for lossy links). The
+edges never go down: every withdraw the upstream sees is a false one.
 
 Each loss rate gets a fresh agent (new state directory, so no damping carries over), waits
 until every target is healthy and every prefix is in the upstream's RIB, then drops that
@@ -55,12 +56,18 @@ class LossService:
 
     def describe(self) -> str:
         conn = "kept alive" if self.keepalive else "fresh"
-        return f"{self.timing.interval_s * 1000:g} ms, {conn}, {self.targets} target(s)"
+        t = self.timing
+        return f"{t.interval_s * 1000:g} ms, fall {t.fall}, {conn}, {self.targets} target(s)"
+
+
+# Fast timing with two more failures to withdraw: README's advice for lossy links, measured.
+FAST_FALL5 = Timing(interval_s=FAST.interval_s, timeout_s=FAST.timeout_s, fall=5, rise=FAST.rise)
 
 
 SERVICES = (
     LossService("fast-ka-pair", 2, FAST, keepalive=True),
     LossService("fast-ka-single", 1, FAST, keepalive=True),
+    LossService("fast5-ka-single", 1, FAST_FALL5, keepalive=True),
     LossService("fast-fresh-pair", 2, FAST, keepalive=False),
     LossService("fast-fresh-single", 1, FAST, keepalive=False),
     LossService("slow-fresh-pair", 2, Timing(), keepalive=False),
@@ -244,9 +251,9 @@ def loss_markdown(section: dict[str, Any]) -> list[str]:
     lines = [
         f"False withdraws under random loss of the edges' packets (each way; nft `numgen "
         f"random`, as netem's `loss`), {section['window_s']:g} s per rate, a fresh agent per "
-        "rate, the edges never down; fast = 100 ms interval, 80 ms timeout, fall 3, rise 2; "
-        "slow = 1 s, 800 ms, fall 3, rise 2; pairs have `min_healthy: 1`; damping and the "
-        "ramp at their defaults:",
+        "rate, the edges never down; fast = 100 ms interval, 80 ms timeout, rise 2; slow = 1 s, "
+        "800 ms, rise 2; pairs have `min_healthy: 1`; damping at its defaults (1000 per UP/DOWN "
+        "change, suppressed at 3000 until below 750, half-life 60 s) and the ramp too:",
         "",
         "| loss | service | timing | probes | failed % | targets gone unhealthy | "
         "withdraws at the upstream | seconds withdrawn |",

@@ -386,9 +386,10 @@ copied by the bench from that run ({results_file}) and never edited by hand. Re-
   warm-up and a short window each. nginx shares the machine's two cores with the agent.
 - **Loss** (`make bench-loss`, not part of `make bench`: 5 minutes per rate; its own dated
   section below): false withdraws when 1 % or 5 % of the edges' packets are dropped each way
-  (an nft `numgen random` rule: this kernel has no netem), the edges never down, six services
+  (an nft `numgen random` rule: this kernel has no netem), the edges never down, seven services
   side by side in one agent (fast kept alive, fast fresh and 1 s; a pair of targets with
-  `min_healthy: 1` and a single target each), counted in the upstream's RIB.
+  `min_healthy: 1` and a single target each; one target at fast timing with fall 5), counted
+  in the upstream's RIB.
 - The agent's HTTP probes here are callback probes on the probe engine (one timer heap, one
   epoll set, no coroutine per check; fresh connections closed with a reset), and the heap is
   frozen after start (`gc.freeze`): docs/design-notes.md says why, from py-spy profiles.

@@ -127,7 +127,7 @@ def test_smoke_loss_run_counts_every_service(tmp_path: Path) -> None:
     (run,) = loss["runs"]
     assert run["loss_pct"] == 5.0 and run["window_s"] >= 5.0
     assert run["services"].keys() == loss["services"].keys()
-    assert len(run["services"]) == 6
+    assert len(run["services"]) == 7
     for name, figures in run["services"].items():
         assert figures["probes"] > 0, (name, figures)
         assert 0 <= figures["withdrawn_s"] <= run["window_s"], (name, figures)
