@@ -31,7 +31,13 @@ from typing import Any
 
 from bench.detection import FAST, DetectionPlan, agent_exabgp_conf, edge_lab, unavailable
 from bench.sandbox import Sandbox, run
-from bench.targets import HTTP_PORT, LOCAL, NEIGHBOR, Timing, service_prefixes, target_url
+from bench.targets import (
+    HTTP_PORT,
+    Timing,
+    agent_config,
+    service_prefixes,
+    target_url,
+)
 from bench.upstream import Gobgp, RibEvent
 from tests.lab.exabgp import exabgp_env
 
@@ -101,17 +107,9 @@ def loss_config(plan: LossPlan, state_dir: Path) -> dict[str, Any]:
             edge += 1
         services.append({"name": svc.name, "prefixes": [prefix], "min_healthy": 1,
                          "targets": targets})  # fmt: skip
-    return {
-        "pop": "bench1",
-        "state_dir": str(state_dir),
-        "bgp": {
-            "local_as": 65001,
-            "router_id": LOCAL,
-            "neighbors": [{"address": NEIGHBOR, "local_address": LOCAL, "peer_as": 65000}],
-        },
-        "control": {"listen": CONTROL},
-        "services": services,
-    }
+    config = agent_config(0, state_dir, control_listen=CONTROL)
+    config["services"] = services
+    return config
 
 
 class Loss:
