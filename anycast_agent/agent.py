@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from anycast_agent import __version__
 from anycast_agent.config import AgentConfig, load_config, pop_spec, reloadable
@@ -30,8 +30,6 @@ from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec, route_keys
 from anycast_agent.errors import ConfigError, RenderError, SpeakerError
 from anycast_agent.fleet import ctl_copy
-from anycast_agent.fleet.coordinator import Coordinator, FleetStats
-from anycast_agent.fleet.setup import coordinator_for
 from anycast_agent.heap import settle_heap
 from anycast_agent.limits import fd_budget, prefer_oom_kill
 from anycast_agent.model import NeighborState, RefusalReason, RouteKey, WithdrawKind
@@ -46,6 +44,9 @@ from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent,
 from anycast_agent.state import LAST_GOOD, count_start, save_last_good
 from anycast_agent.store import Store
 from anycast_agent.writer import LockBusy, WriterLock, own, started_by_exabgp
+
+if TYPE_CHECKING:  # the etcd client is imported by a run with `fleet:` only
+    from anycast_agent.fleet.coordinator import Coordinator, FleetStats
 
 log = logging.getLogger("anycast_agent")
 
@@ -328,6 +329,8 @@ class Agent:
     async def _fleet(self) -> None:
         """Coordinate through etcd; without a usable coordinator the fleet stays DEGRADED
         (no withdraw granted), never standalone: that would drop the guard on a bad file."""
+        from anycast_agent.fleet.setup import coordinator_for  # noqa: PLC0415 - see TYPE_CHECKING
+
         try:
             self.fleet = coordinator_for(self.config, self._handle, self.now)
         except ConfigError as exc:
