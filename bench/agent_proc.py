@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,11 @@ class Recorder:
 
     open: bool = False
     stamps: bool = False  # also keep when each probe started (monotonic), for phased benches
-    lateness_s: list[float] = field(default_factory=list)
-    started_at: list[float] = field(default_factory=list)
-    latency_s: list[float] = field(default_factory=list)
+    # Arrays of doubles, not lists of floats: 8 bytes a sample instead of 32, so the figures
+    # kept over the window add little to the RSS the run reports as the agent's.
+    lateness_s: array[float] = field(default_factory=lambda: array("d"))
+    started_at: array[float] = field(default_factory=lambda: array("d"))
+    latency_s: array[float] = field(default_factory=lambda: array("d"))
     started: int = 0
     ok: int = 0
     failed: int = 0
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     measured.update(
         rss_hwm_kib=int(status["VmHWM"].split()[0]), rss_kib=int(status["VmRSS"].split()[0])
     )
-    args.out.write_text(json.dumps(measured))
+    args.out.write_text(json.dumps(measured, default=list))  # the arrays, after the RSS read
     return int(str(measured["exit_code"]))
 
 
