@@ -15,16 +15,16 @@ from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
 from anycast_agent.probes.http import USER_AGENT, HttpProbe, LeanHttpProbe, lean_capable
 from anycast_agent.probes.resolver import Resolver
-from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+from anycast_agent.probes.schedule import CallbackSchedule, run_schedule
 from anycast_agent.probes.tcp import TcpProbe
 
 __all__ = [
     "CallbackProbe",
+    "CallbackSchedule",
     "Engine",
     "Probe",
     "ProbeFactory",
     "is_callback_probe",
-    "run_callback_schedule",
     "run_schedule",
 ]
 
