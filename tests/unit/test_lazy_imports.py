@@ -12,6 +12,7 @@ from pathlib import Path
 
 SCRIPT = """
 import asyncio, json, sys
+import anycast_agent.cli  # what `anycast-agent run` has loaded before its agent starts
 from anycast_agent.agent import Agent
 from anycast_agent.speaker.dry_run import DryRunSpeaker
 from tests.unit.builders import make_config
@@ -60,3 +61,5 @@ def test_a_run_without_fleet_or_dns_targets_imports_neither(tmp_path: Path) -> N
     assert "anycast_agent.probes.dns" not in modules
     assert not {m for m in modules if m.startswith("anycast_agent.fleet.etcd")}
     assert "anycast_agent.fleet.coordinator" not in modules
+    assert "anycast_agent.fleet.operator_cli" not in modules  # `anycast-agent fleet` only
+    assert "anycast_agent.supervise" not in modules  # `anycast-agent supervise` only
