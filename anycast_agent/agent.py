@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from anycast_agent import __version__
 from anycast_agent.config import AgentConfig, load_config, pop_spec, reloadable
@@ -30,22 +30,23 @@ from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec, route_keys
 from anycast_agent.errors import ConfigError, RenderError, SpeakerError
 from anycast_agent.fleet import ctl_copy
-from anycast_agent.fleet.coordinator import Coordinator, FleetStats
-from anycast_agent.fleet.setup import coordinator_for
 from anycast_agent.heap import settle_heap
 from anycast_agent.limits import fd_budget, prefer_oom_kill
-from anycast_agent.model import NeighborState, RefusalReason, RouteKey, WithdrawKind
+from anycast_agent.model import NeighborState, ProbeResult, RefusalReason, RouteKey, WithdrawKind
 from anycast_agent.netlink.addresses import Addresses
 from anycast_agent.notify import Notifier
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.canary import canary_forever
 from anycast_agent.probes.resolver import Resolver
-from anycast_agent.probes.runner import probe_forever
+from anycast_agent.probes.runner import Running, start_probe
 from anycast_agent.speaker import Speaker, held_routes, learn
 from anycast_agent.speaker.grammar import Ack, NotificationEvent, ShutdownEvent, StateEvent, render
 from anycast_agent.state import LAST_GOOD, count_start, save_last_good
 from anycast_agent.store import Store
 from anycast_agent.writer import LockBusy, WriterLock, own, started_by_exabgp
+
+if TYPE_CHECKING:  # the etcd client is imported by a run with `fleet:` only
+    from anycast_agent.fleet.coordinator import Coordinator, FleetStats
 
 log = logging.getLogger("anycast_agent")
 
@@ -82,7 +83,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._tickets = itertools.count(1)
         self._replies: dict[int, c.Refusal | None] = {}
-        self._probes: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._probes: dict[tuple[str, str], Running] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._factory: ProbeFactory | None = None
         self._lock: WriterLock | None = None
@@ -328,6 +329,8 @@ class Agent:
     async def _fleet(self) -> None:
         """Coordinate through etcd; without a usable coordinator the fleet stays DEGRADED
         (no withdraw granted), never standalone: that would drop the guard on a bad file."""
+        from anycast_agent.fleet.setup import coordinator_for  # noqa: PLC0415 - see TYPE_CHECKING
+
         try:
             self.fleet = coordinator_for(self.config, self._handle, self.now)
         except ConfigError as exc:
@@ -347,15 +350,15 @@ class Agent:
 
     def _start_probe(self, service: str, target: TargetSpec) -> None:
         assert self._tg is not None and self._factory is not None
-        name, now = target.name, self.now
-        probe = probe_forever(
+        reports = _TargetReports(self, service, target.name)
+        self._probes[service, target.name] = start_probe(
             self._factory,
             target,
-            f"{service}/{name}",
-            on_result=lambda r: self._observe(e.ProbeObserved(now(), service, name, r)),
-            on_skip=lambda n: self._observe(e.ProbeSkipped(now(), service, name, n)),
+            f"{service}/{target.name}",
+            self._tg,
+            on_result=reports.result,
+            on_skip=reports.skip,
         )
-        self._probes[service, name] = self._tg.create_task(probe, name=f"probe:{service}/{name}")
 
     def _observe(self, event: e.ProbeObserved | e.ProbeSkipped | e.CanaryObserved) -> None:
         """A probe's report, on the probe's own path: the core only ever logs in answer."""
@@ -420,3 +423,21 @@ class Agent:
         # Once the probes of removed targets have ended, so they are collected, not frozen.
         asyncio.get_running_loop().call_later(SETTLE_AFTER_RELOAD_S, settle_heap)
         return []
+
+
+class _TargetReports:
+    """One target's probe reports into the core: one small object per target, lighter than
+    the two closures (and their cells) it replaces."""
+
+    __slots__ = ("_agent", "_service", "_target")
+
+    def __init__(self, agent: Agent, service: str, target: str) -> None:
+        self._agent, self._service, self._target = agent, service, target
+
+    def result(self, result: ProbeResult) -> None:
+        agent = self._agent
+        agent._observe(e.ProbeObserved(agent.now(), self._service, self._target, result))
+
+    def skip(self, slots: int) -> None:
+        agent = self._agent
+        agent._observe(e.ProbeSkipped(agent.now(), self._service, self._target, slots))

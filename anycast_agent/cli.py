@@ -12,14 +12,14 @@ from pathlib import Path
 
 import yaml
 
-from anycast_agent import __version__, logs, supervise
+from anycast_agent import __version__, logs
 from anycast_agent.agent import Agent
 from anycast_agent.client import CLIENT_COMMANDS, add_client_commands, run_client
 from anycast_agent.config import ENV_PREFIX, AgentConfig, deprecations, load_config
 from anycast_agent.control.server import ControlServer, load_token
 from anycast_agent.errors import ConfigError
 from anycast_agent.exabgp_conf import agent_command, render_exabgp
-from anycast_agent.fleet.operator_cli import add_fleet_command, run_fleet
+from anycast_agent.fleet.operator_args import add_fleet_command
 from anycast_agent.speaker.channel import Channel
 from anycast_agent.speaker.dry_run import DryRunSpeaker
 from anycast_agent.speaker.stdio import open_stdin, write_stdout
@@ -94,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             return check_config(args.config)
         case "render":
             return render(args)
+        # Imported by their own commands only: `run` (the long-lived one) never loads them.
         case "supervise":
+            from anycast_agent import supervise  # noqa: PLC0415
+
             return supervise.main(args.args)
         case "fleet":
+            from anycast_agent.fleet.operator_cli import run_fleet  # noqa: PLC0415
+
             return run_fleet(args)
         case "run":
             logs.setup(args.log_level)

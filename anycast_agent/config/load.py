@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -71,8 +71,18 @@ def _expanded(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[id(node)]
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and keys that are not strings."""
+# libyaml's parser, which PyYAML's wheels carry: reading a 2,000-target file took 13 MB with
+# the pure-Python one (its tokens and events are Python objects too), 8 MB with this one (the
+# nodes alone), and part of it stays resident: 2.6-4.4 MB less agent RSS at that size.
+# Same documents, same safe constructor.
+if TYPE_CHECKING or yaml.__with_libyaml__:  # noqa: SIM108 - mypy types the first branch
+    _Loader = yaml.CSafeLoader
+else:  # a PyYAML built without libyaml
+    _Loader = yaml.SafeLoader
+
+
+class _StrictLoader(_Loader):
+    """A safe loader that refuses duplicate keys and keys that are not strings."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()

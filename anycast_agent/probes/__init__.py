@@ -11,21 +11,20 @@ import aiohttp
 
 from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
 from anycast_agent.probes.base import CallbackProbe, Probe, is_callback_probe
-from anycast_agent.probes.dns import DnsProbe
 from anycast_agent.probes.engine import Engine
 from anycast_agent.probes.exec import ExecProbe, ambient_caps_prefix, probe_environment
 from anycast_agent.probes.http import USER_AGENT, HttpProbe, LeanHttpProbe, lean_capable
 from anycast_agent.probes.resolver import Resolver
-from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+from anycast_agent.probes.schedule import CallbackSchedule, run_schedule
 from anycast_agent.probes.tcp import TcpProbe
 
 __all__ = [
     "CallbackProbe",
+    "CallbackSchedule",
     "Engine",
     "Probe",
     "ProbeFactory",
     "is_callback_probe",
-    "run_callback_schedule",
     "run_schedule",
 ]
 
@@ -120,6 +119,9 @@ class ProbeFactory:
                     self._exec_prefix = ambient_caps_prefix()
                 return ExecProbe(check, timeout_s, self._exec_env, self._exec_prefix)
             case DnsCheck():
+                # dnspython (~2 MB resident) is imported by the first DNS target, if any.
+                from anycast_agent.probes.dns import DnsProbe  # noqa: PLC0415
+
                 return DnsProbe(check, timeout_s)
             case _:
                 assert_never(check)

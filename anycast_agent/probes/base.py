@@ -27,7 +27,7 @@ class CallbackProbe(Protocol):
     running loop and returns at once; `done(result)` is then called exactly once, from a loop
     callback or before `start` returns, within the probe's timeout, unless `abort()` is called
     first (after which nothing is called). Expected failures are results, as for `Probe`.
-    `run_callback_schedule` drives these; `check` stays for everything else."""
+    `CallbackSchedule` drives these; `check` stays for everything else."""
 
     async def check(self) -> ProbeResult: ...
 

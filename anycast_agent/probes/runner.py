@@ -7,28 +7,39 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 from anycast_agent.config import DnsCheck, ExecCheck, HttpCheck, TcpCheck
 from anycast_agent.core.spec import TargetSpec
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes import ProbeFactory
 from anycast_agent.probes.base import CallbackProbe, Probe, is_callback_probe
-from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+from anycast_agent.probes.schedule import CallbackSchedule, run_schedule
 
 log = logging.getLogger("anycast_agent")
 
 CHECKS = (HttpCheck, TcpCheck, ExecCheck, DnsCheck)
 
 
-async def probe_forever(
+class Running(Protocol):
+    """A target's probing, as `start_probe` started it: a task or a `CallbackSchedule`."""
+
+    def cancel(self) -> object: ...
+
+
+def start_probe(
     factory: ProbeFactory,
     target: TargetSpec,
     label: str,
+    tg: asyncio.TaskGroup,
     *,
     on_result: Callable[[ProbeResult], None],
     on_skip: Callable[[int], None],
-) -> None:
-    """Probe `target` every interval until cancelled, reporting each result."""
+) -> Running:
+    """Probe `target` every interval until cancelled, reporting each result. A callback probe
+    runs on the engine's timers alone (no task); any other runs as a task in `tg`. Either
+    way an exception that escapes the probe's guard (a bug in the caller's `on_result`) ends
+    `tg` with it, as a failing task does."""
     check, interval_s, timeout_s = target.check, target.interval_s, target.timeout_s
     try:
         if not isinstance(check, CHECKS):
@@ -39,27 +50,72 @@ async def probe_forever(
         built = _Broken(f"cannot probe: {exc}")
     # A random phase spreads the targets over the interval: no thundering herd at each second.
     phase_s = random.uniform(0, interval_s * 0.999)
+    if not is_callback_probe(built):
+        return tg.create_task(
+            _run(factory, built, label, interval_s, on_result, on_skip, phase_s),
+            name=f"probe:{label}",
+        )
+    run = _CallbackRun(factory, built, tg, label)
+    run.schedule = CallbackSchedule(
+        factory.engine,
+        _GuardedCallback(built, label),
+        interval_s,
+        on_result,
+        on_error=run.fail,
+        on_skip=on_skip,
+        phase_s=phase_s,
+    )
+    run.schedule.start()
+    return run
+
+
+async def _run(
+    factory: ProbeFactory,
+    built: Probe,
+    label: str,
+    interval_s: float,
+    on_result: Callable[[ProbeResult], None],
+    on_skip: Callable[[int], None],
+    phase_s: float,
+) -> None:
     try:
-        if is_callback_probe(built):  # driven by the engine's timers: nothing per check
-            await run_callback_schedule(
-                factory.engine,
-                _GuardedCallback(built, label),
-                interval_s,
-                on_result,
-                on_skip=on_skip,
-                phase_s=phase_s,
-            )
-        else:
-            await run_schedule(
-                _Guarded(built, label), interval_s, on_result, on_skip=on_skip, phase_s=phase_s
-            )
+        await run_schedule(
+            _Guarded(built, label), interval_s, on_result, on_skip=on_skip, phase_s=phase_s
+        )
     finally:
         factory.release(built)
+
+
+class _CallbackRun:
+    """A callback probe's schedule, and what ending it frees."""
+
+    __slots__ = ("_factory", "_label", "_probe", "_tg", "schedule")
+
+    schedule: CallbackSchedule
+
+    def __init__(
+        self, factory: ProbeFactory, probe: CallbackProbe, tg: asyncio.TaskGroup, label: str
+    ) -> None:
+        self._factory, self._probe, self._tg, self._label = factory, probe, tg, label
+
+    def cancel(self) -> None:
+        self.schedule.cancel()
+        self._factory.release(self._probe)
+
+    def fail(self, exc: Exception) -> None:
+        self._factory.release(self._probe)
+        self._tg.create_task(_reraise(exc), name=f"probe:{self._label}")
+
+
+async def _reraise(exc: Exception) -> None:
+    raise exc
 
 
 class _Guarded:
     """A probe bug fails its target instead of ending the agent (and, through ExaBGP's respawn
     limit, withdrawing the whole PoP). Logged with its traceback once per target."""
+
+    __slots__ = ("label", "logged", "probe")
 
     def __init__(self, probe: Probe, label: str) -> None:
         self.probe = probe
@@ -84,11 +140,12 @@ class _Guarded:
 class _GuardedCallback(_Guarded):
     """_Guarded for a CallbackProbe: a `start` that raises fails this check, not the schedule."""
 
+    __slots__ = ()
+
     probe: CallbackProbe
 
     def __init__(self, probe: CallbackProbe, label: str) -> None:
         super().__init__(probe, label)
-        self.probe = probe
 
     def start(self, done: Callable[[ProbeResult], None]) -> None:
         # If `start` reported before raising, the schedule ignores this second report.
@@ -103,6 +160,8 @@ class _GuardedCallback(_Guarded):
 
 
 class _Broken:
+    __slots__ = ("reason",)
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
 

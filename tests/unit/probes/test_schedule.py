@@ -12,7 +12,7 @@ import pytest
 
 from anycast_agent.model import ProbeResult
 from anycast_agent.probes.engine import Engine
-from anycast_agent.probes.schedule import run_callback_schedule, run_schedule
+from anycast_agent.probes.schedule import CallbackSchedule, run_schedule
 
 Driver = Callable[..., Awaitable[Any]]
 
@@ -187,11 +187,16 @@ class SlowRealProbe:
 
 
 async def on_engine(probe: SlowRealProbe, *args: Any, **kw: Any) -> None:
-    """run_callback_schedule on an engine of its own, closed when the run ends."""
+    """A CallbackSchedule on an engine of its own, awaited as a coroutine: until cancelled,
+    or until it ends with an error (raised here); the engine is closed when it ends."""
     engine = Engine()
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    schedule = CallbackSchedule(engine, probe, *args, on_error=ended.set_exception, **kw)
+    schedule.start()
     try:
-        await run_callback_schedule(engine, probe, *args, **kw)
+        await ended
     finally:
+        schedule.cancel()
         engine.close()
 
 
