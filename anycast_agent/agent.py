@@ -49,7 +49,9 @@ from anycast_agent.writer import LockBusy, WriterLock, own, started_by_exabgp
 
 log = logging.getLogger("anycast_agent")
 
-SETTLE_AFTER_RELOAD_S = 1.0
+# The heap is settled this long after start and each reload: once the probes of new targets
+# have made what they keep and those of removed ones have ended (`heap.settle_heap`).
+SETTLE_AFTER_S = 1.0
 RESYNC_AFTER_SESSION_S = 1.0
 EXIT_NO_ACKS = 3  # `run`'s exit code when ExaBGP does not acknowledge commands
 EXIT_BUSY = 4  # another agent holds the writer lock and this copy was started by hand
@@ -115,7 +117,7 @@ class Agent:
             if code != 0 or stop.is_set():
                 stop.set()
             elif await self._sync():
-                settle_heap()
+                loop.call_later(SETTLE_AFTER_S, settle_heap)
                 jobs = {
                     "decide": self._decide_forever(),
                     "watchdog": self.notifier.watchdog_loop(lambda: self.pop.last_progress),
@@ -417,6 +419,5 @@ class Agent:
             save_last_good(new.state_dir, self.config_text)
         self.notifier.allow_periods(self.config.slowest_probe_s() + TICK_S)
         log.info("reloaded %s: %d services", self.config_path, len(new.services))
-        # Once the probes of removed targets have ended, so they are collected, not frozen.
-        asyncio.get_running_loop().call_later(SETTLE_AFTER_RELOAD_S, settle_heap)
+        asyncio.get_running_loop().call_later(SETTLE_AFTER_S, settle_heap)
         return []
