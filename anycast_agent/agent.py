@@ -32,7 +32,7 @@ from anycast_agent.errors import ConfigError, RenderError, SpeakerError
 from anycast_agent.fleet import ctl_copy
 from anycast_agent.fleet.coordinator import Coordinator, FleetStats
 from anycast_agent.fleet.setup import coordinator_for
-from anycast_agent.heap import settle_heap
+from anycast_agent.heap import settle_heap, share_the_gil
 from anycast_agent.limits import fd_budget, prefer_oom_kill
 from anycast_agent.model import NeighborState, RefusalReason, RouteKey, WithdrawKind
 from anycast_agent.netlink.addresses import Addresses
@@ -99,6 +99,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
         loop = asyncio.get_running_loop()
+        share_the_gil()
         resolver = Resolver(**self.config.resolver.model_dump())
         async with asyncio.TaskGroup() as tg, ProbeFactory(resolver) as factory:
             self._tg, self._factory = tg, factory
