@@ -10,7 +10,7 @@ from functools import partial
 
 import pytest
 
-from anycast_agent.control.rendering import Clocks, Encoded, Renderings, Writer
+from anycast_agent.control.rendering import Clocks, Encoded, Renderings, Rows, Writer
 
 
 @dataclass
@@ -139,3 +139,31 @@ async def test_a_reader_that_goes_away_leaves_the_rendering_to_the_others() -> N
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert render.calls == ["x"]
+
+
+class Row:
+    """A row as the core shares them: an object that stands for its values until replaced."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+
+def test_rows_are_written_once_per_object_and_kept_by_a_rendering_of_every_row() -> None:
+    written: list[str] = []
+
+    def write(row: Row, service: str) -> str:
+        written.append(row.value)
+        return f"{service}/{row.value}"
+
+    rows: Rows[Row, str, str] = Rows(write)
+    a, b, c = Row("a"), Row("b"), Row("c")
+    every = rows.writer(every_row=True)
+    assert [every(a, "web"), every(b, "web")] == ["web/a", "web/b"]
+    few = rows.writer(every_row=False)  # one service's rows: read, nothing kept
+    assert [few(a, "web"), few(c, "web")] == ["web/a", "web/c"]
+    b2 = Row("b2")  # b's record changed: a new object
+    every = rows.writer(every_row=True)
+    assert [every(a, "web"), every(b2, "web"), every(c, "web")] == ["web/a", "web/b2", "web/c"]
+    every = rows.writer(every_row=True)
+    assert [every(a, "web"), every(b2, "web")] == ["web/a", "web/b2"]
+    assert written == ["a", "b", "c", "b2", "c"]
