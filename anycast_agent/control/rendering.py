@@ -97,18 +97,29 @@ class Rows(Generic[R, C, T]):
         return text
 
 
+def _end_turn(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
+
+
 class Renderings:
     """At most one rendering per snapshot and variant, shared by every request that asks for it,
     made in a worker thread (several ms at thousands of targets must not stall the probes).
 
     Only the latest snapshot's renderings are kept: a new snapshot (the agent makes one per
     change) drops the older ones, which their own waiters still hold until they are answered.
+
+    Readers are handed their rendering one loop iteration apart when they are ready together
+    (ten scrapers woken by one rendering): each then fills and writes its body (1.36 MB at
+    2,000 targets, a copy and a send apiece) with the probes due meanwhile run in between,
+    not after all ten.
     """
 
     def __init__(self) -> None:
         self._snapshot: object | None = None
         self._made: dict[Hashable, asyncio.Future[Encoded]] = {}
         self._flying: dict[Hashable, asyncio.Future[Encoded]] = {}
+        self._last_turn: asyncio.Future[None] | None = None
 
     async def get(
         self,
@@ -123,7 +134,7 @@ class Renderings:
         at most that rendering's duration (for scrapes; never for a read after a change)."""
         flying = self._flying.get(variant) if join else None
         if flying is not None:
-            return await asyncio.shield(flying)
+            return await self._in_turn(flying)
         snap = snapshot()
         if snap is not self._snapshot:
             self._snapshot, self._made = snap, {}
@@ -132,7 +143,21 @@ class Renderings:
             made = asyncio.get_running_loop().run_in_executor(None, render, snap)
             self._made[variant] = self._flying[variant] = made
             made.add_done_callback(lambda f: self._landed(variant, f))
-        return await asyncio.shield(made)
+        return await self._in_turn(made)
+
+    async def _in_turn(self, made: asyncio.Future[Encoded]) -> Encoded:
+        """`made`'s rendering, once the reader before this one has had its loop iteration (the
+        caller writes its body in the same step as this returns)."""
+        encoded = await asyncio.shield(made)
+        loop = asyncio.get_running_loop()
+        before, mine = self._last_turn, loop.create_future()
+        self._last_turn = mine
+        try:
+            if before is not None and not before.done():  # it is this iteration's writer
+                await asyncio.wait([before])  # (never cancels it, as awaiting it would)
+        finally:
+            loop.call_soon(_end_turn, mine)  # so the next reader writes in a later iteration
+        return encoded
 
     def _landed(self, variant: Hashable, future: asyncio.Future[Encoded]) -> None:
         if self._flying.get(variant) is future:

@@ -96,6 +96,54 @@ async def test_concurrent_readers_of_a_snapshot_share_one_rendering() -> None:
     assert all(r is results[0] for r in results)
 
 
+async def test_readers_ready_together_are_answered_one_loop_iteration_apart() -> None:
+    loop = asyncio.get_running_loop()
+    iteration = 0
+
+    def count() -> None:  # runs once per loop iteration
+        nonlocal iteration
+        iteration += 1
+        ticking[0] = loop.call_soon(count)
+
+    ticking = [loop.call_soon(count)]
+    cache, snap = Renderings(), Snap("x")
+    render = Renderer(hold=threading.Event())
+    answered: list[tuple[int, int]] = []
+
+    async def read(reader: int) -> Encoded:
+        encoded = await cache.get(lambda: snap, "v", render)
+        answered.append((reader, iteration))
+        return encoded
+
+    readers = [asyncio.create_task(read(i)) for i in range(3)]
+    await asyncio.to_thread(render.started.wait, 10)
+    assert render.hold is not None
+    render.hold.set()
+    results = await asyncio.gather(*readers)
+    ticking[0].cancel()
+    assert all(r is results[0] for r in results)
+    assert [reader for reader, _ in answered] == [0, 1, 2]  # in the order they asked
+    at = [n for _, n in answered]
+    assert at[0] < at[1] < at[2]
+    late = await cache.get(lambda: snap, "v", render)  # alone: answered at once
+    assert late is results[0] and render.calls == ["x"]
+
+
+async def test_a_reader_gone_while_waiting_for_its_turn_passes_it_on() -> None:
+    cache, snap = Renderings(), Snap("x")
+    render = Renderer(hold=threading.Event())
+    readers = [asyncio.create_task(cache.get(lambda: snap, "v", render)) for _ in range(3)]
+    # The second one's client hangs up as the first one is answered (the second one waits).
+    readers[0].add_done_callback(lambda _: readers[1].cancel())
+    await asyncio.to_thread(render.started.wait, 10)
+    assert render.hold is not None
+    render.hold.set()
+    async with asyncio.timeout(5):  # the turn passed on, not held forever
+        assert (await readers[2]).parts == (b"x",)
+    with pytest.raises(asyncio.CancelledError):
+        await readers[1]
+
+
 async def test_a_scrape_joins_the_rendering_under_way_even_for_a_newer_snapshot() -> None:
     cache = Renderings()
     render = Renderer(hold=threading.Event())
