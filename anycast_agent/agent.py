@@ -30,7 +30,7 @@ from anycast_agent.core.snapshot import About, Snapshot
 from anycast_agent.core.spec import AddressMode, TargetSpec, route_keys
 from anycast_agent.errors import ConfigError, RenderError, SpeakerError
 from anycast_agent.fleet import ctl_copy
-from anycast_agent.heap import settle_heap
+from anycast_agent.heap import settle_heap, share_the_gil
 from anycast_agent.limits import fd_budget, prefer_oom_kill
 from anycast_agent.model import NeighborState, ProbeResult, RefusalReason, RouteKey, WithdrawKind
 from anycast_agent.netlink.addresses import Addresses
@@ -50,7 +50,9 @@ if TYPE_CHECKING:  # the etcd client is imported by a run with `fleet:` only
 
 log = logging.getLogger("anycast_agent")
 
-SETTLE_AFTER_RELOAD_S = 1.0
+# The heap is settled this long after start and each reload: once the probes of new targets
+# have made what they keep and those of removed ones have ended (`heap.settle_heap`).
+SETTLE_AFTER_S = 1.0
 RESYNC_AFTER_SESSION_S = 1.0
 EXIT_NO_ACKS = 3  # `run`'s exit code when ExaBGP does not acknowledge commands
 EXIT_BUSY = 4  # another agent holds the writer lock and this copy was started by hand
@@ -98,6 +100,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set, stdin closes or ExaBGP shuts down; returns the exit code."""
         loop = asyncio.get_running_loop()
+        share_the_gil()
         resolver = Resolver(**self.config.resolver.model_dump())
         async with asyncio.TaskGroup() as tg, ProbeFactory(resolver) as factory:
             self._tg, self._factory = tg, factory
@@ -116,7 +119,7 @@ class Agent:
             if code != 0 or stop.is_set():
                 stop.set()
             elif await self._sync():
-                settle_heap()
+                loop.call_later(SETTLE_AFTER_S, settle_heap)
                 jobs = {
                     "decide": self._decide_forever(),
                     "watchdog": self.notifier.watchdog_loop(lambda: self.pop.last_progress),
@@ -420,8 +423,7 @@ class Agent:
             save_last_good(new.state_dir, self.config_text)
         self.notifier.allow_periods(self.config.slowest_probe_s() + TICK_S)
         log.info("reloaded %s: %d services", self.config_path, len(new.services))
-        # Once the probes of removed targets have ended, so they are collected, not frozen.
-        asyncio.get_running_loop().call_later(SETTLE_AFTER_RELOAD_S, settle_heap)
+        asyncio.get_running_loop().call_later(SETTLE_AFTER_S, settle_heap)
         return []
 
 

@@ -96,6 +96,8 @@ class Settings:
 CONTROLLER = web.AppKey("controller", Controller)
 SETTINGS = web.AppKey("settings", Settings)
 RENDERINGS = web.AppKey("renderings", Renderings)
+STATUS_ROWS = web.AppKey("status_rows", status.TargetRows)
+METRICS_ROWS = web.AppKey("metrics_rows", metrics.TargetRows)
 
 
 B = TypeVar("B", bound=BaseModel)
@@ -351,8 +353,9 @@ async def status_handler(request: web.Request) -> web.Response:
     controller = request.app[CONTROLLER]
     if service is not None and controller.snapshot().service(service) is None:
         raise ApiError(404, "unknown service", {"service": service})
+    rows = request.app[STATUS_ROWS]
     encoded = await request.app[RENDERINGS].get(
-        controller.snapshot, ("status", service), lambda snap: status.render(snap, service)
+        controller.snapshot, ("status", service), lambda snap: status.render(snap, service, rows)
     )
     return web.Response(body=encoded.fill(_clocks(request)), content_type="application/json")
 
@@ -361,10 +364,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
     fmt = metrics.negotiate(request.headers.get("Accept", ""))
     # Scrapes that arrive while one is being rendered share it: its snapshot is younger than
     # the rendering takes, and at 2,000 targets every probe result makes a new snapshot.
+    rows = request.app[METRICS_ROWS]
     encoded = await request.app[RENDERINGS].get(
         request.app[CONTROLLER].snapshot,
         ("metrics", fmt),
-        lambda snap: metrics.render(snap, fmt),
+        lambda snap: metrics.render(snap, fmt, rows),
         join=True,
     )
     return web.Response(body=encoded.fill(_clocks(request)), headers={"Content-Type": fmt.value})
@@ -428,6 +432,8 @@ def make_app(
     )
     app[SETTINGS] = settings
     app[RENDERINGS] = Renderings()
+    app[STATUS_ROWS] = status.target_rows()
+    app[METRICS_ROWS] = metrics.target_rows()
     for path, handler in READS:
         app.router.add_route("GET", path, handler)
     for mutation in mutations:

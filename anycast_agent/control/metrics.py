@@ -14,11 +14,12 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from typing import TypeAlias
 
 from prometheus_client.utils import floatToGoString
 
-from anycast_agent.control.rendering import Clocks, Encoded, Writer
-from anycast_agent.core.snapshot import Snapshot
+from anycast_agent.control.rendering import Clocks, Encoded, Rows, Writer
+from anycast_agent.core.snapshot import Snapshot, TargetSnapshot
 from anycast_agent.model import FleetMode, NeighborState, RefusalReason, TargetState
 
 PREFIX = "anycast_agent_"
@@ -290,11 +291,12 @@ def _age_line(name: str, since: float, clocks: Clocks) -> bytes:
     return f"{name} {num(max(0.0, clocks.mono - since))}\n".encode()
 
 
-def render(snap: Snapshot, fmt: Format) -> Encoded:
-    """The exposition of `snap` (safe to run off the event loop: it reads nothing else)."""
+def render(snap: Snapshot, fmt: Format, rows: TargetRows | None = None) -> Encoded:
+    """The exposition of `snap` (safe to run off the event loop: it reads nothing else but
+    `rows`, the targets' lines written for earlier snapshots)."""
     x = _Exposition(fmt)
     _agent(x, snap)
-    _targets(x, snap)
+    _targets(x, snap, rows or target_rows())
     _services(x, snap)
     _routes(x, snap)
     _fleet(x, snap)
@@ -335,33 +337,39 @@ def _agent(x: _Exposition, snap: Snapshot) -> None:
     )
 
 
-def _targets(x: _Exposition, snap: Snapshot) -> None:
-    # Thousands of targets, seven lines each: one pass writes every family's lines (each family
-    # must be contiguous in the output), from label sets made once per name.
-    codes = {s: f" {c}.0\n" for s, c in TARGET_STATE_CODES.items()}
-    names = [f.sample for f in TARGET_FAMILIES]
-    state_name, duration_name, probes_name, skipped_name, transitions_name, bugs_name = names
-    state: list[str] = []
-    duration: list[str] = []
-    probes: list[str] = []
-    skipped: list[str] = []
-    transitions: list[str] = []
-    bugs: list[str] = []
-    for svc in snap.services:
-        for t in svc.targets:
-            key, ok, failed = _target_labels(svc.name, t.name)
-            state.append(f"{state_name}{key}{codes[t.state]}")
-            if t.last_latency_s is not None:
-                duration.append(f"{duration_name}{key} {num(t.last_latency_s)}\n")
-            probes.append(f"{probes_name}{ok} {num(t.probes_ok)}\n")
-            probes.append(f"{probes_name}{failed} {num(t.probes_failed)}\n")
-            skipped.append(f"{skipped_name}{key} {num(t.skipped_slots)}\n")
-            transitions.append(f"{transitions_name}{key} {num(t.transitions)}\n")
-            bugs.append(f"{bugs_name}{key} {num(t.probe_bugs)}\n")
-    for family, lines in zip(
-        TARGET_FAMILIES, (state, duration, probes, skipped, transitions, bugs), strict=True
-    ):
-        x.lines(family, lines)
+_STATE_VALUES = {s: f" {c}.0\n" for s, c in TARGET_STATE_CODES.items()}
+_STATE, _DURATION, _PROBES, _SKIPPED, _TRANSITIONS, _BUGS = (f.sample for f in TARGET_FAMILIES)
+TargetLines: TypeAlias = tuple[str, str, str, str, str, str]  # one item per target family
+
+
+def _target_lines(t: TargetSnapshot, service: str) -> TargetLines:
+    """Probes: ok then failed; no duration before the first probe."""
+    key, ok, failed = _target_labels(service, t.name)
+    duration = "" if t.last_latency_s is None else f"{_DURATION}{key} {num(t.last_latency_s)}\n"
+    return (
+        f"{_STATE}{key}{_STATE_VALUES[t.state]}",
+        duration,
+        f"{_PROBES}{ok} {num(t.probes_ok)}\n{_PROBES}{failed} {num(t.probes_failed)}\n",
+        f"{_SKIPPED}{key} {num(t.skipped_slots)}\n",
+        f"{_TRANSITIONS}{key} {num(t.transitions)}\n",
+        f"{_BUGS}{key} {num(t.probe_bugs)}\n",
+    )
+
+
+TargetRows: TypeAlias = Rows[TargetSnapshot, str, TargetLines]  # both formats write the same
+
+
+def target_rows() -> TargetRows:
+    return Rows(_target_lines)
+
+
+def _targets(x: _Exposition, snap: Snapshot, rows: TargetRows) -> None:
+    # Thousands of targets, seven lines each, each family's lines contiguous in the output:
+    # every target's lines made (or found) once, then each family joined from them.
+    lines = rows.writer(every_row=True)
+    written = [lines(t, svc.name) for svc in snap.services for t in svc.targets]
+    for i, family in enumerate(TARGET_FAMILIES):
+        x.lines(family, [t[i] for t in written])
 
 
 def _services(x: _Exposition, snap: Snapshot) -> None:

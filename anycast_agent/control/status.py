@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
+from collections.abc import Callable
+from functools import lru_cache, partial
 from json.encoder import encode_basestring_ascii as _str
 from typing import Any, TypeAlias
 
-from anycast_agent.control.rendering import Clocks, Encoded, Writer
+from anycast_agent.control.rendering import Clocks, Encoded, Rows, Writer
 from anycast_agent.core.intents import POP, Drain, MedOverride
 from anycast_agent.core.snapshot import RouteSnapshot, ServiceSnapshot, Snapshot, TargetSnapshot
 from anycast_agent.core.spec import TargetKind
@@ -49,6 +50,7 @@ def _seconds_since(since: float, clocks: Clocks) -> bytes:
     return _number(round(max(0.0, clocks.mono - since), 3)).encode()
 
 
+@lru_cache(maxsize=1024)  # a PoP announces few distinct attributes (a MED per service state)
 def _attrs(a: RouteAttrs | None) -> str:
     if a is None:
         return "null"
@@ -63,6 +65,23 @@ def _target(t: TargetSnapshot) -> str:
         f'"probes_ok":{t.probes_ok},"probes_failed":{t.probes_failed},'
         f'"skipped_slots":{t.skipped_slots},"transitions":{t.transitions},'
         f'"checker_fault":{_FAULT[t.checker_fault]},"probe_bugs":{t.probe_bugs}}}'
+    )
+
+
+def _head(s: ServiceSnapshot) -> str:
+    """The service's object up to its intents, open for more members (as `_target`, from a
+    template: 200 services went through `json` at ~10 µs each)."""
+    published = "null" if s.published is None else _str(s.published.value)
+    drains = _encode(dict(s.session_drains)) if s.session_drains else "{}"
+    drained_by = _str(s.fleet_drained_by) if s.fleet_drained_by else "null"
+    return (
+        f'{{"name":{_str(s.name)},"state":{_str(s.phase.value)},"reason":{_str(s.reason)},'
+        f'"healthy":{s.healthy},"total":{s.total},"quorum":{s.quorum},"med":{_number(s.med)},'
+        f'"stage":{s.stage},"ramp_mode":{_str(s.ramp_mode.value)},'
+        f'"ramp_held":{_LITERAL[s.ramp_held]},"suppressed":{_LITERAL[s.suppressed]},'
+        f'"frozen":{_LITERAL[s.frozen]},"damping_penalty":{_number(s.penalty)},'
+        f'"transitions":{s.transitions},"session_drains":{drains},"fleet_state":{published},'
+        f'"fleet_guard":{_str(s.guard)},"fleet_drained_by":{drained_by}'
     )
 
 
@@ -110,39 +129,31 @@ def _override(w: Writer, m: MedOverride | None) -> None:
     )
 
 
-def _service(w: Writer, s: ServiceSnapshot, snap: Snapshot) -> None:
-    head = {
-        "name": s.name,
-        "state": s.phase.value,
-        "reason": s.reason,
-        "healthy": s.healthy,
-        "total": s.total,
-        "quorum": s.quorum,
-        "med": s.med,
-        "stage": s.stage,
-        "ramp_mode": s.ramp_mode.value,
-        "ramp_held": s.ramp_held,
-        "suppressed": s.suppressed,
-        "frozen": s.frozen,
-        "damping_penalty": s.penalty,
-        "transitions": s.transitions,
-        "session_drains": dict(s.session_drains),
-        "fleet_state": None if s.published is None else s.published.value,
-        "fleet_guard": s.guard,
-        "fleet_drained_by": s.fleet_drained_by or None,
-    }
-    w.text(_open(head) + ',"drain":')
+TargetRows: TypeAlias = Rows[TargetSnapshot, str, str]
+
+
+def target_rows() -> TargetRows:
+    """Where the targets' objects are kept from one rendering to the next (see `Rows`)."""
+    return Rows(lambda t, _service: _target(t))
+
+
+def _service(
+    w: Writer, s: ServiceSnapshot, snap: Snapshot, target: Callable[[TargetSnapshot, str], str]
+) -> None:
+    w.text(_head(s) + ',"drain":')
     _drain(w, s.drain)
     w.text(',"med_override":')
     _override(w, s.med_override)
-    targets = ",".join([_target(t) for t in s.targets])
+    targets = ",".join([target(t, s.name) for t in s.targets])
     routes = ",".join([_route(r, snap.neighbors) for r in s.routes])
     w.text(f',"targets":[{targets}],"routes":[{routes}]}}')
 
 
-def render(snap: Snapshot, service: str | None = None) -> Encoded:
+def render(snap: Snapshot, service: str | None = None, rows: TargetRows | None = None) -> Encoded:
     """The status document of `snap`, or with `service` only that service's entry (the caller
-    checks that it exists). Safe to run off the event loop: it reads nothing but `snap`."""
+    checks that it exists). Safe to run off the event loop: it reads nothing but `snap` (and
+    `rows`, the targets' objects written for earlier snapshots)."""
+    target = (rows or target_rows()).writer(every_row=service is None)
     head = {
         "pop": snap.pop,
         "version": snap.version,
@@ -184,6 +195,6 @@ def render(snap: Snapshot, service: str | None = None) -> Encoded:
     for i, s in enumerate(services):
         if i:
             w.text(",")
-        _service(w, s, snap)
+        _service(w, s, snap, target)
     w.text("]}")
     return w.done()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from yarl import URL
 
 from anycast_agent.control import api, metrics, status
 from anycast_agent.control.bodies import Body
+from anycast_agent.control.rendering import Clocks
 from anycast_agent.core.commands import Refusal, RefusalKind
 from anycast_agent.core.intents import RampAction
 from tests.unit.control.conftest import AUTH, JSON_TYPE, TOKEN, FakeController, make_snapshot
@@ -511,10 +514,10 @@ async def test_a_snapshot_is_rendered_once_however_often_it_is_read(
         real = module.render
 
         def counting(
-            snap: Any, variant: Any = None, real: Any = real, name: str = module.__name__
+            snap: Any, variant: Any, rows: Any, real: Any = real, name: str = module.__name__
         ) -> Any:
             rendered.append((name.rsplit(".", 1)[1], variant))
-            return real(snap) if variant is None else real(snap, variant)
+            return real(snap, variant, rows)
 
         monkeypatch.setattr(module, "render", counting)
     bodies = [await (await client.get("/v1/status")).read() for _ in range(3)]
@@ -525,6 +528,34 @@ async def test_a_snapshot_is_rendered_once_however_often_it_is_read(
     assert b'"starts":9' in await (await client.get("/v1/status")).read()
     assert b"anycast_agent_starts_total 9.0" in await (await client.get("/metrics")).read()
     assert len(rendered) == 4
+
+
+async def test_the_next_snapshot_reads_as_if_rendered_from_nothing(make_client: Any) -> None:
+    """What was written for a target is kept for the next snapshot's rendering (the core
+    shares unchanged rows): a target whose row changed shows its new values, and the bodies
+    are byte for byte a rendering of the new snapshot alone."""
+    controller = FakeController()
+    client = await make_client(controller, monotonic=lambda: 100.0, wall_clock=lambda: 2000.0)
+    om = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    reads = (("/v1/status", {}), ("/v1/status?service=web", {}), ("/metrics", {}), ("/metrics", om))
+    for path, headers in reads:
+        assert (await client.get(path, headers=headers)).status == 200
+    web, dns = controller.snap.services
+    edge1 = web.targets[0]._replace(probes_ok=41, last_latency_s=0.5)  # probed again
+    web = replace(web, targets=(edge1, *web.targets[1:]))
+    controller.snap = replace(controller.snap, services=(web, dns))
+    clocks = Clocks(100.0, 2000.0)
+    fresh = [
+        status.render(controller.snap).fill(clocks),
+        status.render(controller.snap, "web").fill(clocks),
+        metrics.render(controller.snap, metrics.Format.TEXT).fill(clocks),
+        metrics.render(controller.snap, metrics.Format.OPENMETRICS).fill(clocks),
+    ]
+    bodies = [await (await client.get(path, headers=headers)).read() for path, headers in reads]
+    assert bodies == fresh
+    assert json.loads(bodies[0])["services"][0]["targets"][0]["probes_ok"] == 41
+    line = 'anycast_agent_target_probes_total{result="ok",service="web",target="edge1"} 41.0'
+    assert line in bodies[2].decode().splitlines()
 
 
 async def test_a_new_intent_is_one_table_row() -> None:

@@ -10,7 +10,7 @@ from functools import partial
 
 import pytest
 
-from anycast_agent.control.rendering import Clocks, Encoded, Renderings, Writer
+from anycast_agent.control.rendering import Clocks, Encoded, Renderings, Rows, Writer
 
 
 @dataclass
@@ -96,6 +96,54 @@ async def test_concurrent_readers_of_a_snapshot_share_one_rendering() -> None:
     assert all(r is results[0] for r in results)
 
 
+async def test_readers_ready_together_are_answered_one_loop_iteration_apart() -> None:
+    loop = asyncio.get_running_loop()
+    iteration = 0
+
+    def count() -> None:  # runs once per loop iteration
+        nonlocal iteration
+        iteration += 1
+        ticking[0] = loop.call_soon(count)
+
+    ticking = [loop.call_soon(count)]
+    cache, snap = Renderings(), Snap("x")
+    render = Renderer(hold=threading.Event())
+    answered: list[tuple[int, int]] = []
+
+    async def read(reader: int) -> Encoded:
+        encoded = await cache.get(lambda: snap, "v", render)
+        answered.append((reader, iteration))
+        return encoded
+
+    readers = [asyncio.create_task(read(i)) for i in range(3)]
+    await asyncio.to_thread(render.started.wait, 10)
+    assert render.hold is not None
+    render.hold.set()
+    results = await asyncio.gather(*readers)
+    ticking[0].cancel()
+    assert all(r is results[0] for r in results)
+    assert [reader for reader, _ in answered] == [0, 1, 2]  # in the order they asked
+    at = [n for _, n in answered]
+    assert at[0] < at[1] < at[2]
+    late = await cache.get(lambda: snap, "v", render)  # alone: answered at once
+    assert late is results[0] and render.calls == ["x"]
+
+
+async def test_a_reader_gone_while_waiting_for_its_turn_passes_it_on() -> None:
+    cache, snap = Renderings(), Snap("x")
+    render = Renderer(hold=threading.Event())
+    readers = [asyncio.create_task(cache.get(lambda: snap, "v", render)) for _ in range(3)]
+    # The second one's client hangs up as the first one is answered (the second one waits).
+    readers[0].add_done_callback(lambda _: readers[1].cancel())
+    await asyncio.to_thread(render.started.wait, 10)
+    assert render.hold is not None
+    render.hold.set()
+    async with asyncio.timeout(5):  # the turn passed on, not held forever
+        assert (await readers[2]).parts == (b"x",)
+    with pytest.raises(asyncio.CancelledError):
+        await readers[1]
+
+
 async def test_a_scrape_joins_the_rendering_under_way_even_for_a_newer_snapshot() -> None:
     cache = Renderings()
     render = Renderer(hold=threading.Event())
@@ -139,3 +187,31 @@ async def test_a_reader_that_goes_away_leaves_the_rendering_to_the_others() -> N
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert render.calls == ["x"]
+
+
+class Row:
+    """A row as the core shares them: an object that stands for its values until replaced."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+
+def test_rows_are_written_once_per_object_and_kept_by_a_rendering_of_every_row() -> None:
+    written: list[str] = []
+
+    def write(row: Row, service: str) -> str:
+        written.append(row.value)
+        return f"{service}/{row.value}"
+
+    rows: Rows[Row, str, str] = Rows(write)
+    a, b, c = Row("a"), Row("b"), Row("c")
+    every = rows.writer(every_row=True)
+    assert [every(a, "web"), every(b, "web")] == ["web/a", "web/b"]
+    few = rows.writer(every_row=False)  # one service's rows: read, nothing kept
+    assert [few(a, "web"), few(c, "web")] == ["web/a", "web/c"]
+    b2 = Row("b2")  # b's record changed: a new object
+    every = rows.writer(every_row=True)
+    assert [every(a, "web"), every(b2, "web"), every(c, "web")] == ["web/a", "web/b2", "web/c"]
+    every = rows.writer(every_row=True)
+    assert [every(a, "web"), every(b2, "web")] == ["web/a", "web/b2"]
+    assert written == ["a", "b", "c", "b2", "c"]
